@@ -1,0 +1,110 @@
+// Mixer: the per-batch state of manifold mixup, shared by the fastai callbacks (through
+// pybind11), C++ hosts and the C ABI.
+//
+// One training batch:
+//   begin_batch(B, device)   lam[B] ~ Beta(alpha, alpha) folded to max(lam, 1 - lam),
+//                            perm = a random permutation of B, and the point that mixes
+//   mix_input(x)             mixes x if the input was chosen
+//   point_output(i, out)     called from mixup point i's forward hook: mixes `out` the first
+//                            time the chosen point runs in the batch
+//   mixed_loss / mixed_cross_entropy / mix_targets
+//   end_batch()              disarms
+// All tensors stay on the batch's device; the only host-side draw is the point's index.
+#pragma once
+
+#include <ATen/core/Generator.h>
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "schedule.h"
+
+namespace manifold_mixup {
+
+struct MixerOptions {
+  double alpha = 0.4;          // Beta(alpha, alpha); 0 means no mixing
+  bool input_mixup = true;     // the input is one of the candidate points
+  std::optional<uint64_t> seed;  // unset: torch's default generators (torch.manual_seed)
+  Schedule schedule;           // kind None: alpha stays as set
+};
+
+class Mixer {
+ public:
+  static constexpr int64_t kNoPoint = -2;     // nothing mixes this batch
+  static constexpr int64_t kInputPoint = -1;  // the input mixes this batch
+
+  explicit Mixer(MixerOptions options = {});
+
+  // Alpha of the Beta law; must be finite and >= 0 (0: no mixing).
+  double alpha() const { return alpha_; }
+  void set_alpha(double alpha);
+  bool input_mixup() const { return options_.input_mixup; }
+  void set_input_mixup(bool on) { options_.input_mixup = on; }
+  const Schedule& schedule() const { return options_.schedule; }
+  // Sets alpha from the schedule after `step` batches (no-op for ScheduleKind::None).
+  void set_step(int64_t step);
+
+  // Mixup points (modules). Returns the new point's index. Names are for counters and errors.
+  int64_t add_point(const std::string& name);
+  void clear_points();
+  int64_t num_points() const { return static_cast<int64_t>(names_.size()); }
+  const std::vector<std::string>& point_names() const { return names_; }
+
+  // Starts a batch of `batch_size` samples whose tensors live on `device`. Returns the chosen
+  // point: an index from add_point, kInputPoint or kNoPoint (alpha 0, or nothing to choose).
+  int64_t begin_batch(int64_t batch_size, at::Device device);
+  // Whether a batch has begun and not ended.
+  bool in_batch() const { return in_batch_; }
+  int64_t chosen() const { return chosen_; }
+  int64_t batch_size() const { return batch_size_; }
+  // The batch's weights (float32, [B]) and permutation (int64, [B]), on the batch's device.
+  const at::Tensor& lam() const { return lam_; }
+  const at::Tensor& perm() const { return perm_; }
+
+  // lam[i] * t[i] + (1 - lam[i]) * t[perm[i]], whatever the chosen point. Differentiable.
+  at::Tensor mix(const at::Tensor& t) const;
+  // The input when it is the chosen point mixed (and counted), otherwise `x` unchanged.
+  at::Tensor mix_input(const at::Tensor& x);
+  // What a mixup point's forward hook returns: `out` mixed if this point is chosen and has not
+  // run yet in this batch; otherwise `out` unchanged (a repeated call is counted, see
+  // repeated_calls()).
+  at::Tensor point_output(int64_t point, const at::Tensor& out);
+  // Per-sample lam * loss_own + (1 - lam) * loss_other, both of shape [B].
+  at::Tensor mixed_loss(const at::Tensor& loss_own, const at::Tensor& loss_other) const;
+  // Per-sample mixed cross-entropy of logits [B, C] against int64 class targets [B]:
+  // lam * CE(logits, y) + (1 - lam) * CE(logits, y[perm]); returns [B].
+  at::Tensor mixed_cross_entropy(const at::Tensor& logits, const at::Tensor& target) const;
+  // Regression targets mixed like any tensor.
+  at::Tensor mix_targets(const at::Tensor& y) const { return mix(y); }
+  void end_batch();
+
+  // Counters since creation (or reset_counters).
+  int64_t batches() const { return batches_; }
+  const std::vector<int64_t>& point_mixes() const { return mixes_; }
+  int64_t input_mixes() const { return input_mixes_; }
+  // Calls of the chosen point after its first one in the same batch (left unmixed).
+  int64_t repeated_calls() const { return repeated_calls_; }
+  void reset_counters();
+
+ private:
+  void check_in_batch(const char* what) const;
+  at::Generator cpu_generator() const;
+
+  MixerOptions options_;
+  double alpha_;
+  std::optional<at::Generator> own_generator_;  // set when options.seed is
+  std::vector<std::string> names_;
+  std::vector<int64_t> mixes_;
+  std::vector<bool> fired_;
+  int64_t input_mixes_ = 0, batches_ = 0, repeated_calls_ = 0;
+
+  bool in_batch_ = false;
+  int64_t chosen_ = kNoPoint;
+  int64_t batch_size_ = 0;
+  at::Tensor lam_, perm_;
+};
+
+}  // namespace manifold_mixup

@@ -1,0 +1,30 @@
+// The manifold_mixup::mix op and its helpers, as seen from C++ hosts.
+//
+//   out[i] = lam[i] * x[i] + (1 - lam[i]) * x[perm[i]]   (along dim 0)
+//
+// Every function here goes through PyTorch's dispatcher, so the right backend
+// (CPU, CUDA, Meta) and autograd are picked from the arguments.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+namespace manifold_mixup {
+
+// Mixes `x` along its first dimension. Differentiable with respect to x and lam.
+at::Tensor mix(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& lam);
+
+// Gradient of mix with respect to x: grad_x[j] = lam[j]*g[j] + sum over k with
+// perm[k] == j of (1 - lam[k]) * g[k]. A gather, no atomics; any index vector.
+at::Tensor mix_backward(const at::Tensor& grad, const at::Tensor& perm, const at::Tensor& lam);
+
+namespace detail {
+// Argument checks shared by every backend; each names the argument and what was expected.
+// Checks shapes and dtypes only; index range is checked where the indices are read.
+void check_mix_args(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& lam,
+                    const char* x_name = "x");
+// opmath dtype used to carry lam into a kernel: float32 for half, bfloat16 and float32,
+// float64 for float64.
+at::ScalarType opmath_type(at::ScalarType x_dtype);
+}  // namespace detail
+
+}  // namespace manifold_mixup

@@ -1,0 +1,33 @@
+// Alpha schedules for hosts without fastai: alpha as a function of training progress,
+// with the same curves as fastai's SchedLin, SchedCos, SchedExp and SchedPoly.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace manifold_mixup {
+
+enum class ScheduleKind : int {
+  None = 0,         // alpha stays fixed
+  Linear = 1,       // alpha_min + p * (alpha_max - alpha_min)
+  Cosine = 2,       // alpha_min + (1 + cos(pi * (1 - p))) * (alpha_max - alpha_min) / 2
+  Exponential = 3,  // alpha_min * (alpha_max / alpha_min) ^ p   (stays 0 when alpha_min is 0)
+  Polynomial = 4,   // alpha_min + (alpha_max - alpha_min) * p ^ power
+};
+
+struct Schedule {
+  ScheduleKind kind = ScheduleKind::None;
+  double alpha_min = 0.0;
+  double alpha_max = 0.6;
+  int64_t total_steps = 0;  // batches over which alpha goes from alpha_min to alpha_max
+  double power = 2.0;       // Polynomial only
+
+  // Throws c10::Error naming the field when the schedule cannot be followed.
+  void validate() const;
+  // Alpha at progress p in [0, 1] (clamped).
+  double alpha_at(double p) const;
+  // Alpha after `step` batches of total_steps.
+  double alpha_at_step(int64_t step) const;
+};
+
+}  // namespace manifold_mixup
