@@ -9,11 +9,16 @@ namespace manifold_mixup {
 
 namespace detail {
 
-void check_mix_args(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& lam,
-                    const char* x_name) {
+void check_defined(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& lam,
+                   const char* x_name) {
   TORCH_CHECK(x.defined(), "mix: ", x_name, " is an undefined tensor");
   TORCH_CHECK(perm.defined(), "mix: perm is an undefined tensor");
   TORCH_CHECK(lam.defined(), "mix: lam is an undefined tensor");
+}
+
+void check_mix_args(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& lam,
+                    const char* x_name) {
+  check_defined(x, perm, lam, x_name);
   TORCH_CHECK(at::isFloatingType(x.scalar_type()), "mix: ", x_name,
               " must be a floating tensor (float32, float64, float16 or bfloat16), got ",
               x.scalar_type());
@@ -45,6 +50,7 @@ at::ScalarType opmath_type(at::ScalarType x_dtype) {
 }  // namespace detail
 
 at::Tensor mix(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& lam) {
+  detail::check_defined(x, perm, lam, "x");
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("manifold_mixup::mix", "")
                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
@@ -52,6 +58,7 @@ at::Tensor mix(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& la
 }
 
 at::Tensor mix_backward(const at::Tensor& grad, const at::Tensor& perm, const at::Tensor& lam) {
+  detail::check_defined(grad, perm, lam, "grad");
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("manifold_mixup::mix_backward", "")
                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>();

@@ -18,6 +18,9 @@ at::Tensor mix(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& la
 at::Tensor mix_backward(const at::Tensor& grad, const at::Tensor& perm, const at::Tensor& lam);
 
 namespace detail {
+// The dispatcher needs defined tensors to pick a backend: checked before dispatching.
+void check_defined(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& lam,
+                   const char* x_name);
 // Argument checks shared by every backend; each names the argument and what was expected.
 // Checks shapes and dtypes only; index range is checked where the indices are read.
 void check_mix_args(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& lam,

@@ -1,0 +1,39 @@
+# The project's front door: `make demo` and `make test`. Both install what is missing,
+# build if needed, then run.
+PYTHON ?= python3
+BUILD  ?= build
+JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
+export PYTHON
+
+CMAKE_ARGS = -DCMAKE_BUILD_TYPE=Release -DPython3_EXECUTABLE=$(shell command -v $(PYTHON)) \
+             -DMM_PYTHON_OUTPUT_DIR=$(CURDIR)/python/manifold_mixup -DMM_BUILD_TESTS=ON
+
+.PHONY: all deps build test test-cpp test-python demo bench clean
+
+all: build
+
+deps:
+	@./scripts/install-deps.sh
+
+# Configures once, then builds incrementally; the package is installed in editable mode
+# (pip install -e, which drives the same CMake build directory) the first time.
+build: deps
+	@[ -f $(BUILD)/CMakeCache.txt ] || cmake -S . -B $(BUILD) $(CMAKE_ARGS)
+	@cmake --build $(BUILD) -j $(JOBS)
+	@cd /tmp && $(PYTHON) -c "import manifold_mixup" 2>/dev/null || \
+	  (cd $(CURDIR) && MM_CMAKE_BUILD_DIR=$(CURDIR)/$(BUILD) MM_BUILD_TESTS=ON \
+	   $(PYTHON) -m pip install --disable-pip-version-check -q --no-build-isolation --no-deps -e .)
+
+test: build test-cpp test-python
+
+test-cpp:
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+test-python:
+	$(PYTHON) -m pytest -q tests/python
+
+bench: build
+	$(PYTHON) bench/bench_mix.py
+
+clean:
+	rm -rf $(BUILD) python/manifold_mixup/_C*.so

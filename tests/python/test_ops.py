@@ -1,0 +1,137 @@
+"""manifold_mixup.mix from Python: against the plain-PyTorch expression, opcheck on every
+sample, gradcheck in float64, refusals, and torch.compile."""
+import pytest
+import torch
+from torch.library import opcheck
+
+import manifold_mixup
+from manifold_mixup import mix
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+TOL = {torch.float32: 1e-6, torch.float64: 1e-12, torch.float16: 1e-3, torch.bfloat16: 1e-2}
+ODD = (3, 5, 2, 7)
+
+
+def reference(x, perm, lam):
+    lam = lam.double().view(-1, *([1] * (x.dim() - 1)))
+    xd = x.double()
+    return lam * xd + (1 - lam) * xd[perm]
+
+
+def samples(device):
+    """(x, perm, lam) triples covering dtypes, ranks 1-5, odd sizes, batch 1, views."""
+    g = torch.Generator().manual_seed(0)
+    for dtype in DTYPES:
+        for rank in range(1, 6):
+            for batch in (1, 6):
+                shape = (batch, *ODD[: rank - 1])
+                x = torch.randn(shape, generator=g).to(device, dtype)
+                yield x, torch.randperm(batch, generator=g).to(device), torch.rand(batch, generator=g).to(device)
+        base = torch.randn(6, 9, 5, generator=g).to(device, dtype)
+        for view in (base.transpose(0, 1), base[:, :, ::2], base.permute(2, 0, 1)):
+            b = view.shape[0]
+            yield view, torch.randperm(b, generator=g).to(device), torch.rand(b, generator=g).to(device)
+
+
+def sample_id(s):
+    x = s[0]
+    return f"{str(x.dtype)[6:]}-{tuple(x.shape)}-{'c' if x.is_contiguous() else 'nc'}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_matches_expression_and_leaves_x_alone(device):
+    for x, perm, lam in samples(device):
+        before = x.clone()
+        out = mix(x, perm, lam)
+        assert out.dtype == x.dtype and out.shape == x.shape and out.device == x.device
+        tol = TOL[x.dtype]
+        torch.testing.assert_close(out.double(), reference(x, perm, lam), rtol=tol, atol=tol,
+                                   msg=lambda m: f"{sample_id((x,))}: {m}")
+        assert torch.equal(x, before)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_every_sample(device):
+    for x, perm, lam in samples(device):
+        for x_grad, lam_grad in ((False, False), (True, False), (True, True)):
+            xs = x.detach().clone().requires_grad_(x_grad)
+            ls = lam.detach().clone().to(x.dtype if lam_grad else lam.dtype).requires_grad_(lam_grad)
+            opcheck(torch.ops.manifold_mixup.mix.default, (xs, perm, ls))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_backward_op(device):
+    g = torch.randn(6, 4, device=device)
+    opcheck(torch.ops.manifold_mixup.mix_backward.default,
+            (g, torch.randperm(6, device=device), torch.rand(6, device=device)))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("perm", [[3, 0, 4, 1, 2], [0, 0, 0, 0, 0], [1, 1, 4, 2, 2]],
+                         ids=["permutation", "constant", "repeats"])
+def test_gradcheck_float64(device, perm):
+    x = torch.randn(5, 3, 2, dtype=torch.float64, device=device, requires_grad=True)
+    lam = torch.rand(5, dtype=torch.float64, device=device, requires_grad=True)
+    p = torch.tensor(perm, device=device)
+    assert torch.autograd.gradcheck(mix, (x, p, lam))
+    assert torch.autograd.gradgradcheck(mix, (x, p, lam))
+
+
+def test_half_and_bfloat16_gradients_keep_dtype():
+    for dtype in (torch.float16, torch.bfloat16):
+        x = torch.randn(4, 8).to(dtype).requires_grad_()
+        perm = torch.randperm(4)
+        lam = torch.rand(4)
+        mix(x, perm, lam).sum().backward()
+        assert x.grad.dtype == dtype
+        expected = (lam + 1 - lam[torch.argsort(perm)]).unsqueeze(1).expand(4, 8)
+        torch.testing.assert_close(x.grad.float(), expected, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("args, match", [
+    (lambda x, p, l: (x.long(), p, l), "x must be a floating"),
+    (lambda x, p, l: (torch.tensor(1.0), p[:1], l[:1]), "x must have at least one dimension"),
+    (lambda x, p, l: (x, p.int(), l), "perm must be an int64"),
+    (lambda x, p, l: (x, p[:3], l), "perm must have length B = 4"),
+    (lambda x, p, l: (x, p.view(2, 2), l), r"perm must have shape \[B\]"),
+    (lambda x, p, l: (x, p, l[:3]), "lam must have length B = 4"),
+    (lambda x, p, l: (x, p, l.view(2, 2)), r"lam must have shape \[B\]"),
+    (lambda x, p, l: (x, p, p), "lam must be a floating"),
+    (lambda x, p, l: (x, torch.tensor([0, 1, 2, 4]), l), r"perm must hold indices in \[0, 4\)"),
+    (lambda x, p, l: (x, torch.tensor([0, -3, 2, 1]), l), r"perm must hold indices in \[0, 4\)"),
+    (lambda x, p, l: (x, p.to("meta"), l), "perm must be on x's device"),
+    (lambda x, p, l: (x, p, l.to("meta")), "lam must be on x's device"),
+], ids=["int-x", "0-dim-x", "int32-perm", "short-perm", "2d-perm", "short-lam", "2d-lam",
+        "int-lam", "index-too-large", "negative-index", "perm-device", "lam-device"])
+def test_refusals_name_the_argument(args, match):
+    x, p, l = torch.randn(4, 3), torch.randperm(4), torch.rand(4)
+    with pytest.raises(RuntimeError, match=match):
+        mix(*args(x, p, l))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+def test_cuda_devices_must_agree():
+    x = torch.randn(4, 3, device="cuda")
+    with pytest.raises(RuntimeError, match="perm must be on x's device"):
+        mix(x, torch.randperm(4), torch.rand(4, device="cuda"))
+    with pytest.raises(RuntimeError, match="lam must be on x's device"):
+        mix(x, torch.randperm(4, device="cuda"), torch.rand(4))
+
+
+def test_public_names():
+    assert torch.ops.manifold_mixup.mix is not None
+    assert "lam[i] * x[i]" in manifold_mixup.mix.__doc__
+
+
+def test_torch_compile_fullgraph_with_backward():
+    def f(x, perm, lam):
+        return (mix(x, perm, lam) * 2).sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    x = torch.randn(8, 5, requires_grad=True)
+    perm, lam = torch.randperm(8), torch.rand(8)
+    compiled(x, perm, lam).backward()
+    x2 = x.detach().clone().requires_grad_()
+    f(x2, perm, lam).backward()
+    torch.testing.assert_close(x.grad, x2.grad)
