@@ -16,13 +16,15 @@ deps:
 	@./scripts/install-deps.sh
 
 # Configures once, then builds incrementally; the package is installed in editable mode
-# (pip install -e, which drives the same CMake build directory) the first time.
+# (pip install -e, which drives the same CMake build directory) unless `import
+# manifold_mixup` already finds this tree.
 build: deps
 	@[ -f $(BUILD)/CMakeCache.txt ] || cmake -S . -B $(BUILD) $(CMAKE_ARGS)
 	@cmake --build $(BUILD) -j $(JOBS)
-	@cd /tmp && $(PYTHON) -c "import manifold_mixup" 2>/dev/null || \
+	@cd /tmp && $(PYTHON) -c "import manifold_mixup, sys; \
+	  sys.exit(manifold_mixup.__file__ != '$(CURDIR)/python/manifold_mixup/__init__.py')" 2>/dev/null || \
 	  (cd $(CURDIR) && MM_CMAKE_BUILD_DIR=$(CURDIR)/$(BUILD) MM_BUILD_TESTS=ON \
-	   $(PYTHON) -m pip install --disable-pip-version-check -q --no-build-isolation --no-deps -e .)
+	   $(PYTHON) -m pip install --disable-pip-version-check --root-user-action=ignore -q --no-build-isolation --no-deps -e .)
 
 test: build test-cpp test-python
 

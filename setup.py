@@ -6,6 +6,7 @@ Environment: MM_CMAKE_BUILD_DIR (default build/pip), MM_BUILD_TESTS (default OFF
 MM_BUILD_TYPE (default Release), MAX_JOBS (parallel compile jobs).
 """
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,11 @@ class CMakeExtension(Extension):
 
 class CMakeBuild(build_ext):
     def build_extension(self, ext):
-        out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
+        target = Path(self.get_ext_fullpath(ext.name)).resolve()
+        # An editable install (and `make build`, which shares its CMake build directory)
+        # keeps the module in the source tree; setuptools gets a copy where it looks.
+        editable = self.inplace or getattr(self, "editable_mode", False)
+        out_dir = ROOT / "python" / "manifold_mixup" if editable else target.parent
         build_dir = Path(os.environ.get("MM_CMAKE_BUILD_DIR", ROOT / "build" / "pip")).resolve()
         jobs = os.environ.get("MAX_JOBS", str(os.cpu_count() or 1))
         subprocess.check_call([
@@ -35,6 +40,10 @@ class CMakeBuild(build_ext):
         ])
         subprocess.check_call(["cmake", "--build", str(build_dir), "--target", "mm_python",
                                "-j", jobs])
+        built = out_dir / target.name
+        if built != target:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(built, target)
 
 
 setup(

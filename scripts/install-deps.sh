@@ -20,7 +20,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
 fi
 
-pip_install() { "$PYTHON" -m pip install --disable-pip-version-check -q "$@"; }
+pip_install() { "$PYTHON" -m pip install --disable-pip-version-check --root-user-action=ignore -q "$@"; }
 # An existing torch (CPU or CUDA, 2.4 or newer) is kept; otherwise the CPU build.
 if ! "$PYTHON" -c "import torch" 2>/dev/null; then
   echo "install-deps: pip install torch==2.13.0 (CPU)"

@@ -135,3 +135,30 @@ def test_torch_compile_fullgraph_with_backward():
     x2 = x.detach().clone().requires_grad_()
     f(x2, perm, lam).backward()
     torch.testing.assert_close(x.grad, x2.grad)
+
+
+def test_portable_cpu_loops_match_the_expression_too():
+    """The CPU loops exist per capability (AVX2 and portable); ATEN_CPU_CAPABILITY=default
+    selects the portable one, which must agree with the expression as well."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = """
+import torch, manifold_mixup
+for dtype, tol in ((torch.float32, 1e-6), (torch.float64, 1e-12), (torch.float16, 1e-3), (torch.bfloat16, 1e-2)):
+    x = torch.randn(9, 37, 5).to(dtype); perm = torch.randperm(9); lam = torch.rand(9)
+    l = lam.double().view(-1, 1, 1)
+    ref = l * x.double() + (1 - l) * x.double()[perm]
+    torch.testing.assert_close(manifold_mixup.mix(x, perm, lam).double(), ref, rtol=tol, atol=tol)
+    g = torch.randn_like(x)
+    xr = x.detach().double().requires_grad_(); ((l * xr + (1 - l) * xr[perm]) * g.double()).sum().backward()
+    xs = x.detach().requires_grad_(); (manifold_mixup.mix(xs, perm, lam) * g).sum().backward()
+    torch.testing.assert_close(xs.grad.double(), xr.grad, rtol=tol * 10, atol=tol * 10)
+print("ok")
+"""
+    env = dict(os.environ, ATEN_CPU_CAPABILITY="default",
+               PYTHONPATH=str(Path(__file__).resolve().parents[2] / "python"))
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr
