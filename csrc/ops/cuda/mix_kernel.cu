@@ -2,7 +2,9 @@
 // An index outside [0, B) trips a device-side assert and is never dereferenced.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+#include <ATen/ATen.h>
 #include <ATen/ops/argsort.h>
 #include <ATen/ops/cumsum.h>
 #include <ATen/ops/empty_like.h>
@@ -74,7 +76,7 @@ at::Tensor mix_cuda(const at::Tensor& x_in, const at::Tensor& perm_in, const at:
   const int64_t features = b == 0 ? 0 : x.numel() / b;
   auto out = at::empty_like(x, at::MemoryFormat::Contiguous);
   if (out.numel() == 0) return out;
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "mix_cuda", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     mix_kernel<scalar_t, opmath_t><<<blocks_for(out.numel()), kThreads, 0, stream>>>(
@@ -102,7 +104,7 @@ at::Tensor mix_backward_cuda(const at::Tensor& grad_in, const at::Tensor& perm_i
   start.index_add_(0, perm + 1, at::ones_like(perm));
   start = start.cumsum(0);
   const auto member = at::argsort(perm, /*stable=*/true);
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "mix_backward_cuda", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     mix_backward_kernel<scalar_t, opmath_t><<<blocks_for(out.numel()), kThreads, 0, stream>>>(
