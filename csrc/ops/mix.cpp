@@ -47,6 +47,16 @@ at::ScalarType opmath_type(at::ScalarType x_dtype) {
   return x_dtype == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+Operands::Operands(const at::Tensor& x_in, const at::Tensor& perm_in, const at::Tensor& lam_in,
+                   const char* x_name) {
+  check_mix_args(x_in, perm_in, lam_in, x_name);
+  x = x_in.contiguous();
+  perm = perm_in.contiguous();
+  lam = lam_in.to(opmath_type(x.scalar_type())).contiguous();
+  batch = x.size(0);
+  features = batch == 0 ? 0 : x.numel() / batch;
+}
+
 }  // namespace detail
 
 at::Tensor mix(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& lam) {

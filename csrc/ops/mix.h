@@ -25,6 +25,14 @@ void check_defined(const at::Tensor& x, const at::Tensor& perm, const at::Tensor
 // Checks shapes and dtypes only; index range is checked where the indices are read.
 void check_mix_args(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& lam,
                     const char* x_name = "x");
+// The operands as every kernel wants them, after check_mix_args: contiguous x and perm,
+// lam in x's opmath dtype, and x seen as [batch, features].
+struct Operands {
+  at::Tensor x, perm, lam;
+  int64_t batch = 0, features = 0;
+  Operands(const at::Tensor& x_in, const at::Tensor& perm_in, const at::Tensor& lam_in,
+           const char* x_name);
+};
 // opmath dtype used to carry lam into a kernel: float32 for half, bfloat16 and float32,
 // float64 for float64.
 at::ScalarType opmath_type(at::ScalarType x_dtype);

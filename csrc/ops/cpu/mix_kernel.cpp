@@ -44,21 +44,16 @@ bool use_avx2() {
 }
 #endif
 
-// The operands as the loops want them: contiguous, perm checked, lam in x's opmath dtype.
-struct Operands {
-  at::Tensor x, perm, lam;
-  Operands(const at::Tensor& x_in, const at::Tensor& perm_in, const at::Tensor& lam_in,
-           const char* x_name) {
-    detail::check_mix_args(x_in, perm_in, lam_in, x_name);
-    x = x_in.contiguous();
-    perm = perm_in.contiguous();
-    lam = lam_in.to(detail::opmath_type(x.scalar_type())).contiguous();
-    check_indices(perm.const_data_ptr<int64_t>(), x.size(0));
-  }
-};
+// The operands plus the CPU's own index check (a CUDA kernel checks as it reads).
+detail::Operands operands(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& lam,
+                          const char* x_name) {
+  detail::Operands a(x, perm, lam, x_name);
+  check_indices(a.perm.const_data_ptr<int64_t>(), a.batch);
+  return a;
+}
 
 at::Tensor mix_cpu(const at::Tensor& x_in, const at::Tensor& perm_in, const at::Tensor& lam_in) {
-  const Operands a(x_in, perm_in, lam_in, "x");
+  const auto a = operands(x_in, perm_in, lam_in, "x");
   auto out = at::empty_like(a.x, at::MemoryFormat::Contiguous);
 #ifdef MM_HAVE_AVX2_LOOPS
   if (use_avx2()) {
@@ -72,8 +67,8 @@ at::Tensor mix_cpu(const at::Tensor& x_in, const at::Tensor& perm_in, const at::
 
 at::Tensor mix_backward_cpu(const at::Tensor& grad_in, const at::Tensor& perm_in,
                             const at::Tensor& lam_in) {
-  const Operands a(grad_in, perm_in, lam_in, "grad");
-  const Preimages pre = preimages(a.perm.const_data_ptr<int64_t>(), a.x.size(0));
+  const auto a = operands(grad_in, perm_in, lam_in, "grad");
+  const Preimages pre = preimages(a.perm.const_data_ptr<int64_t>(), a.batch);
   auto out = at::empty_like(a.x, at::MemoryFormat::Contiguous);
 #ifdef MM_HAVE_AVX2_LOOPS
   if (use_avx2()) {

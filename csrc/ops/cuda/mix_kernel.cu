@@ -67,13 +67,10 @@ __global__ void mix_backward_kernel(const scalar_t* __restrict__ g, const int64_
 }
 
 at::Tensor mix_cuda(const at::Tensor& x_in, const at::Tensor& perm_in, const at::Tensor& lam_in) {
-  detail::check_mix_args(x_in, perm_in, lam_in);
   c10::cuda::CUDAGuard guard(x_in.device());
-  const auto x = x_in.contiguous();
-  const auto perm = perm_in.contiguous();
-  const auto lam = lam_in.to(detail::opmath_type(x.scalar_type())).contiguous();
-  const int64_t b = x.size(0);
-  const int64_t features = b == 0 ? 0 : x.numel() / b;
+  const detail::Operands a(x_in, perm_in, lam_in, "x");
+  const auto &x = a.x, &perm = a.perm, &lam = a.lam;
+  const int64_t b = a.batch, features = a.features;
   auto out = at::empty_like(x, at::MemoryFormat::Contiguous);
   if (out.numel() == 0) return out;
   auto stream = c10::cuda::getCurrentCUDAStream();
@@ -89,13 +86,10 @@ at::Tensor mix_cuda(const at::Tensor& x_in, const at::Tensor& perm_in, const at:
 
 at::Tensor mix_backward_cuda(const at::Tensor& grad_in, const at::Tensor& perm_in,
                              const at::Tensor& lam_in) {
-  detail::check_mix_args(grad_in, perm_in, lam_in, "grad");
   c10::cuda::CUDAGuard guard(grad_in.device());
-  const auto g = grad_in.contiguous();
-  const auto perm = perm_in.contiguous();
-  const auto lam = lam_in.to(detail::opmath_type(g.scalar_type())).contiguous();
-  const int64_t b = g.size(0);
-  const int64_t features = b == 0 ? 0 : g.numel() / b;
+  const detail::Operands a(grad_in, perm_in, lam_in, "grad");
+  const auto &g = a.x, &perm = a.perm, &lam = a.lam;
+  const int64_t b = a.batch, features = a.features;
   auto out = at::empty_like(g, at::MemoryFormat::Contiguous);
   if (out.numel() == 0) return out;
   // Group sources by target with device-side ops only (no host sync): counts by index_add
