@@ -261,8 +261,8 @@ mm_status mm_tensor_from_dlpack(struct DLManagedTensor* managed, mm_tensor** out
   return guard(__func__, [&] {
     MM_REQUIRE_NONNULL(managed);
     MM_REQUIRE_NONNULL(out);
-    // fromDLPack calls the deleter itself when it throws after taking the tensor; keep
-    // ownership with the caller on failure by checking what it would reject first.
+    // fromDLPack's own checks (device, dtype) throw before it takes the deleter, so on
+    // failure ownership stays with the caller; the checks here make those errors MM_ERR_ARG.
     const DLTensor& dl = managed->dl_tensor;
     require(dl.device.device_type == kDLCPU, MM_ERR_ARG, __func__,
             ": only CPU DLPack tensors are supported, got device type ", static_cast<int>(dl.device.device_type));

@@ -124,7 +124,8 @@ struct DLManagedTensor;
 /* Wraps `managed` as a tensor without copying. On success the tensor takes ownership: the
  * library calls managed->deleter(managed) once the tensor (and everything that shares its
  * memory) is destroyed; the caller must not call it. On failure ownership stays with the
- * caller. Errors: MM_ERR_NULL, MM_ERR_TORCH (unsupported device or dtype). */
+ * caller. Errors: MM_ERR_NULL, MM_ERR_ARG (not a CPU tensor, or no data or shape),
+ * MM_ERR_TORCH (a dtype libtorch does not support). */
 MM_API mm_status mm_tensor_from_dlpack(struct DLManagedTensor* managed, mm_tensor** out);
 
 /* Exports the tensor's memory (no copy) as a new DLManagedTensor the caller owns: call
