@@ -198,47 +198,33 @@ static void test_shared_type_only_the_named_instance_mixes(void) {
 done:;
 }
 
-static void test_install_automatically(void) {
-  mm_module *mlp = NULL, *shared = NULL, *marked = NULL;
-  mm_mixer* mixer = make_mixer(0.4, 1);
+/* Installs with no names on `model` and checks the count, one point's name and the rule. */
+static void check_selection(mm_mixer* mixer, const char* model, size_t count, size_t index,
+                            const char* name, const char* rule_word) {
+  mm_module* mod = NULL;
   mm_hook* hook = NULL;
   size_t n = 0;
-  const char *name = NULL, *rule = NULL;
-  CHECK(mixer);
-  CHECK_OK(mm_module_load(model_path("mlp"), &mlp));
-  CHECK_OK(mm_module_load(model_path("shared"), &shared));
-  CHECK_OK(mm_module_load(model_path("marked"), &marked));
-  /* Rule 3: every mixable module. */
-  CHECK_OK(mm_hook_install(mixer, mlp, NULL, 0, &hook));
+  const char *got = NULL, *rule = NULL;
+  CHECK_OK(mm_module_load(model_path(model), &mod));
+  CHECK_OK(mm_hook_install(mixer, mod, NULL, 0, &hook));
   CHECK_OK(mm_hook_point_count(hook, &n));
-  CHECK(n == 3);
-  CHECK_OK(mm_hook_point_name(hook, 2, &name));
-  CHECK(strcmp(name, "l3") == 0);
+  CHECK(n == count);
+  CHECK_OK(mm_hook_point_name(hook, index, &got));
+  CHECK(strcmp(got, name) == 0);
   CHECK_OK(mm_hook_selection(hook, &rule));
-  CHECK(strstr(rule, "mixable") != NULL);
-  CHECK_OK(mm_hook_remove(hook));
-  hook = NULL;
-  /* Rule 2: class names with "block". */
-  CHECK_OK(mm_hook_install(mixer, shared, NULL, 0, &hook));
-  CHECK_OK(mm_hook_point_count(hook, &n));
-  CHECK(n == 2);
-  CHECK_OK(mm_hook_point_name(hook, 0, &name));
-  CHECK(strcmp(name, "s1") == 0);
-  CHECK_OK(mm_hook_selection(hook, &rule));
-  CHECK(strstr(rule, "block") != NULL);
-  CHECK_OK(mm_hook_remove(hook));
-  hook = NULL;
-  /* Rule 1: the ManifoldMixupModule marker wins. */
-  CHECK_OK(mm_hook_install(mixer, marked, NULL, 0, &hook));
-  CHECK_OK(mm_hook_point_count(hook, &n));
-  CHECK(n == 1);
-  CHECK_OK(mm_hook_point_name(hook, 0, &name));
-  CHECK(strcmp(name, "wrapped") == 0);
+  CHECK(strstr(rule, rule_word) != NULL);
 done:
   mm_hook_remove(hook);
-  mm_module_destroy(mlp);
-  mm_module_destroy(shared);
-  mm_module_destroy(marked);
+  mm_module_destroy(mod);
+}
+
+static void test_install_automatically(void) {
+  mm_mixer* mixer = make_mixer(0.4, 1);
+  CHECK(mixer);
+  check_selection(mixer, "mlp", 3, 2, "l3", "mixable");          /* every mixable module */
+  check_selection(mixer, "shared", 2, 0, "s1", "block");         /* class names with block */
+  check_selection(mixer, "marked", 1, 0, "wrapped", "ManifoldMixupModule"); /* the marker wins */
+done:
   mm_mixer_destroy(mixer);
 }
 
