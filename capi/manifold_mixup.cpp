@@ -52,9 +52,10 @@ void require(bool ok, mm_status status, const Args&... parts) {
   if (!ok) fail(status, c10::str(parts...));
 }
 
-#define MM_REQUIRE_NONNULL(p) require((p) != nullptr, MM_ERR_NULL, __func__, ": " #p " is NULL")
+#define MM_REQUIRE_NONNULL(p) require((p) != nullptr, MM_ERR_NULL, fn, ": " #p " is NULL")
 
-// Runs `body`; turns whatever it throws into a status and the thread's last error.
+// Runs `body`; turns whatever it throws into a status and the thread's last error. Each API
+// function names itself in `fn` first: inside the lambda, __func__ would be "operator()".
 template <typename F>
 mm_status guard(const char* fn, F&& body) {
   try {
@@ -179,18 +180,19 @@ size_t mm_dtype_size(mm_dtype dtype) {
 
 mm_status mm_tensor_from_host(const void* data, mm_dtype dtype, const int64_t* shape, int ndim,
                               mm_tensor** out) {
-  return guard(__func__, [&] {
+  const char* const fn = __func__;
+  return guard(fn, [&] {
     MM_REQUIRE_NONNULL(out);
     const at::ScalarType st = scalar_type(dtype);
-    require(ndim >= 0 && ndim <= 8, MM_ERR_ARG, __func__, ": ndim must be in [0, 8], got ", ndim);
-    require(ndim == 0 || shape != nullptr, MM_ERR_NULL, __func__, ": shape is NULL");
+    require(ndim >= 0 && ndim <= 8, MM_ERR_ARG, fn, ": ndim must be in [0, 8], got ", ndim);
+    require(ndim == 0 || shape != nullptr, MM_ERR_NULL, fn, ": shape is NULL");
     std::vector<int64_t> sizes(shape, shape + ndim);
     int64_t numel = 1;
     for (int i = 0; i < ndim; ++i) {
-      require(sizes[i] >= 0, MM_ERR_ARG, __func__, ": shape[", i, "] must be >= 0, got ", sizes[i]);
+      require(sizes[i] >= 0, MM_ERR_ARG, fn, ": shape[", i, "] must be >= 0, got ", sizes[i]);
       numel *= sizes[i];
     }
-    require(numel == 0 || data != nullptr, MM_ERR_NULL, __func__, ": data is NULL");
+    require(numel == 0 || data != nullptr, MM_ERR_NULL, fn, ": data is NULL");
     at::Tensor t = at::empty(sizes, at::TensorOptions().dtype(st));
     if (numel > 0) std::memcpy(t.data_ptr(), data, static_cast<size_t>(numel) * mm_dtype_size(dtype));
     *out = new_tensor(std::move(t));
@@ -198,31 +200,34 @@ mm_status mm_tensor_from_host(const void* data, mm_dtype dtype, const int64_t* s
 }
 
 mm_status mm_tensor_to_host(const mm_tensor* tensor, void* buffer, size_t bytes) {
-  return guard(__func__, [&] {
+  const char* const fn = __func__;
+  return guard(fn, [&] {
     MM_REQUIRE_NONNULL(tensor);
     MM_REQUIRE_NONNULL(buffer);
     mm_dtype d;
-    require(to_mm_dtype(tensor->t.scalar_type(), &d), MM_ERR_ARG, __func__, ": dtype ",
+    require(to_mm_dtype(tensor->t.scalar_type(), &d), MM_ERR_ARG, fn, ": dtype ",
             tensor->t.scalar_type(), " has no mm_dtype");
     const size_t need = static_cast<size_t>(tensor->t.numel()) * mm_dtype_size(d);
-    require(bytes == need, MM_ERR_ARG, __func__, ": the buffer must be ", need, " bytes, got ", bytes);
+    require(bytes == need, MM_ERR_ARG, fn, ": the buffer must be ", need, " bytes, got ", bytes);
     const at::Tensor c = tensor->t.detach().to(at::kCPU).contiguous();
     if (need > 0) std::memcpy(buffer, c.data_ptr(), need);
   });
 }
 
 mm_status mm_tensor_item(const mm_tensor* tensor, double* value) {
-  return guard(__func__, [&] {
+  const char* const fn = __func__;
+  return guard(fn, [&] {
     MM_REQUIRE_NONNULL(tensor);
     MM_REQUIRE_NONNULL(value);
-    require(tensor->t.numel() == 1, MM_ERR_ARG, __func__, ": the tensor must have one element, has ",
+    require(tensor->t.numel() == 1, MM_ERR_ARG, fn, ": the tensor must have one element, has ",
             tensor->t.numel());
     *value = tensor->t.detach().to(at::kDouble).item<double>();
   });
 }
 
 mm_status mm_tensor_ndim(const mm_tensor* tensor, int* ndim) {
-  return guard(__func__, [&] {
+  const char* const fn = __func__;
+  return guard(fn, [&] {
     MM_REQUIRE_NONNULL(tensor);
     MM_REQUIRE_NONNULL(ndim);
     *ndim = static_cast<int>(tensor->t.dim());
@@ -230,18 +235,20 @@ mm_status mm_tensor_ndim(const mm_tensor* tensor, int* ndim) {
 }
 
 mm_status mm_tensor_size(const mm_tensor* tensor, int dim, int64_t* size) {
-  return guard(__func__, [&] {
+  const char* const fn = __func__;
+  return guard(fn, [&] {
     MM_REQUIRE_NONNULL(tensor);
     MM_REQUIRE_NONNULL(size);
     const int64_t n = tensor->t.dim();
-    require(dim >= -n && dim < n, MM_ERR_ARG, __func__, ": dim ", dim, " out of range for a tensor of ",
+    require(dim >= -n && dim < n, MM_ERR_ARG, fn, ": dim ", dim, " out of range for a tensor of ",
             n, " dimensions");
     *size = tensor->t.size(dim);
   });
 }
 
 mm_status mm_tensor_numel(const mm_tensor* tensor, int64_t* numel) {
-  return guard(__func__, [&] {
+  const char* const fn = __func__;
+  return guard(fn, [&] {
     MM_REQUIRE_NONNULL(tensor);
     MM_REQUIRE_NONNULL(numel);
     *numel = tensor->t.numel();
@@ -249,25 +256,27 @@ mm_status mm_tensor_numel(const mm_tensor* tensor, int64_t* numel) {
 }
 
 mm_status mm_tensor_dtype(const mm_tensor* tensor, mm_dtype* dtype) {
-  return guard(__func__, [&] {
+  const char* const fn = __func__;
+  return guard(fn, [&] {
     MM_REQUIRE_NONNULL(tensor);
     MM_REQUIRE_NONNULL(dtype);
-    require(to_mm_dtype(tensor->t.scalar_type(), dtype), MM_ERR_ARG, __func__, ": dtype ",
+    require(to_mm_dtype(tensor->t.scalar_type(), dtype), MM_ERR_ARG, fn, ": dtype ",
             tensor->t.scalar_type(), " has no mm_dtype");
   });
 }
 
 mm_status mm_tensor_from_dlpack(struct DLManagedTensor* managed, mm_tensor** out) {
-  return guard(__func__, [&] {
+  const char* const fn = __func__;
+  return guard(fn, [&] {
     MM_REQUIRE_NONNULL(managed);
     MM_REQUIRE_NONNULL(out);
     // fromDLPack's own checks (device, dtype) throw before it takes the deleter, so on
     // failure ownership stays with the caller; the checks here make those errors MM_ERR_ARG.
     const DLTensor& dl = managed->dl_tensor;
-    require(dl.device.device_type == kDLCPU, MM_ERR_ARG, __func__,
+    require(dl.device.device_type == kDLCPU, MM_ERR_ARG, fn,
             ": only CPU DLPack tensors are supported, got device type ", static_cast<int>(dl.device.device_type));
     require(dl.ndim >= 0 && (dl.ndim == 0 || dl.shape != nullptr) && dl.data != nullptr, MM_ERR_ARG,
-            __func__, ": malformed DLTensor (ndim, shape or data)");
+            fn, ": malformed DLTensor (ndim, shape or data)");
     auto holder = std::make_unique<mm_tensor>();
     holder->t = at::fromDLPack(managed);
     *out = holder.release();
@@ -275,7 +284,8 @@ mm_status mm_tensor_from_dlpack(struct DLManagedTensor* managed, mm_tensor** out
 }
 
 mm_status mm_tensor_to_dlpack(const mm_tensor* tensor, struct DLManagedTensor** out) {
-  return guard(__func__, [&] {
+  const char* const fn = __func__;
+  return guard(fn, [&] {
     MM_REQUIRE_NONNULL(tensor);
     MM_REQUIRE_NONNULL(out);
     *out = at::toDLPack(tensor->t.detach());
@@ -290,7 +300,8 @@ mm_status mm_tensor_destroy(mm_tensor* tensor) {
 // ---- the mixer ---------------------------------------------------------------------------
 
 mm_status mm_mixer_config_init(mm_mixer_config* config) {
-  return guard(__func__, [&] {
+  const char* const fn = __func__;
+  return guard(fn, [&] {
     MM_REQUIRE_NONNULL(config);
     std::memset(config, 0, sizeof *config);
     config->size = sizeof *config;
@@ -303,13 +314,14 @@ mm_status mm_mixer_config_init(mm_mixer_config* config) {
 }
 
 mm_status mm_mixer_create(const mm_mixer_config* config, mm_mixer** out) {
-  return guard(__func__, [&] {
+  const char* const fn = __func__;
+  return guard(fn, [&] {
     MM_REQUIRE_NONNULL(config);
     MM_REQUIRE_NONNULL(out);
-    require(config->size == sizeof(mm_mixer_config), MM_ERR_ARG, __func__, ": config->size is ",
+    require(config->size == sizeof(mm_mixer_config), MM_ERR_ARG, fn, ": config->size is ",
             config->size, ", expected ", sizeof(mm_mixer_config), " (call mm_mixer_config_init)");
     require(config->schedule >= MM_SCHEDULE_NONE && config->schedule <= MM_SCHEDULE_POLYNOMIAL, MM_ERR_ARG,
-            __func__, ": unknown schedule kind ", static_cast<int>(config->schedule));
+            fn, ": unknown schedule kind ", static_cast<int>(config->schedule));
     manifold_mixup::MixerOptions o;
     o.alpha = config->alpha;
     o.input_mixup = config->input_mixup != 0;
@@ -329,7 +341,8 @@ mm_status mm_mixer_destroy(mm_mixer* mixer) {
 }
 
 mm_status mm_mixer_alpha(const mm_mixer* mixer, double* alpha) {
-  return guard(__func__, [&] {
+  const char* const fn = __func__;
+  return guard(fn, [&] {
     MM_REQUIRE_NONNULL(mixer);
     MM_REQUIRE_NONNULL(alpha);
     *alpha = mixer->mixer->alpha();
@@ -337,26 +350,29 @@ mm_status mm_mixer_alpha(const mm_mixer* mixer, double* alpha) {
 }
 
 mm_status mm_mixer_set_alpha(mm_mixer* mixer, double alpha) {
-  return guard(__func__, [&] {
+  const char* const fn = __func__;
+  return guard(fn, [&] {
     MM_REQUIRE_NONNULL(mixer);
     as_status(MM_ERR_ARG, [&] { mixer->mixer->set_alpha(alpha); });
   });
 }
 
 mm_status mm_mixer_set_step(mm_mixer* mixer, int64_t step) {
-  return guard(__func__, [&] {
+  const char* const fn = __func__;
+  return guard(fn, [&] {
     MM_REQUIRE_NONNULL(mixer);
     as_status(MM_ERR_ARG, [&] { mixer->mixer->set_step(step); });
   });
 }
 
-#define MM_COUNTER(fn, expr)                          \
-  mm_status fn(const mm_mixer* mixer, int64_t* count) { \
-    return guard(__func__, [&] {                      \
-      MM_REQUIRE_NONNULL(mixer);                      \
-      MM_REQUIRE_NONNULL(count);                      \
-      *count = mixer->mixer->expr();                  \
-    });                                               \
+#define MM_COUNTER(name, expr)                              \
+  mm_status name(const mm_mixer* mixer, int64_t* count) {   \
+    const char* const fn = #name;                           \
+    return guard(fn, [&] {                                  \
+      MM_REQUIRE_NONNULL(mixer);                            \
+      MM_REQUIRE_NONNULL(count);                            \
+      *count = mixer->mixer->expr();                        \
+    });                                                     \
   }
 MM_COUNTER(mm_mixer_batches, batches)
 MM_COUNTER(mm_mixer_input_mixes, input_mixes)
@@ -364,20 +380,22 @@ MM_COUNTER(mm_mixer_repeated_calls, repeated_calls)
 #undef MM_COUNTER
 
 mm_status mm_batch_begin(mm_mixer* mixer, int64_t batch_size, int64_t* chosen) {
-  return guard(__func__, [&] {
+  const char* const fn = __func__;
+  return guard(fn, [&] {
     MM_REQUIRE_NONNULL(mixer);
-    require(!mixer->mixer->in_batch(), MM_ERR_STATE, __func__,
+    require(!mixer->mixer->in_batch(), MM_ERR_STATE, fn,
             ": the previous batch has not ended (call mm_batch_end first)");
-    require(batch_size >= 1, MM_ERR_ARG, __func__, ": batch_size must be >= 1, got ", batch_size);
+    require(batch_size >= 1, MM_ERR_ARG, fn, ": batch_size must be >= 1, got ", batch_size);
     const int64_t c = mixer->mixer->begin_batch(batch_size, at::kCPU);
     if (chosen) *chosen = c;
   });
 }
 
 mm_status mm_batch_weights(const mm_mixer* mixer, mm_tensor** lam, mm_tensor** perm) {
-  return guard(__func__, [&] {
+  const char* const fn = __func__;
+  return guard(fn, [&] {
     MM_REQUIRE_NONNULL(mixer);
-    const Mixer& m = in_batch(mixer, __func__);
+    const Mixer& m = in_batch(mixer, fn);
     auto l = std::make_unique<mm_tensor>(mm_tensor{m.lam().clone()});
     auto p = std::make_unique<mm_tensor>(mm_tensor{m.perm().clone()});
     if (lam) *lam = l.release();
@@ -386,9 +404,10 @@ mm_status mm_batch_weights(const mm_mixer* mixer, mm_tensor** lam, mm_tensor** p
 }
 
 mm_status mm_batch_end(mm_mixer* mixer) {
-  return guard(__func__, [&] {
+  const char* const fn = __func__;
+  return guard(fn, [&] {
     MM_REQUIRE_NONNULL(mixer);
-    in_batch(mixer, __func__);
+    in_batch(mixer, fn);
     mixer->mixer->end_batch();
   });
 }
@@ -396,11 +415,12 @@ mm_status mm_batch_end(mm_mixer* mixer) {
 // ---- modules -----------------------------------------------------------------------------
 
 mm_status mm_module_load(const char* path, mm_module** out) {
-  return guard(__func__, [&] {
+  const char* const fn = __func__;
+  return guard(fn, [&] {
     MM_REQUIRE_NONNULL(path);
     MM_REQUIRE_NONNULL(out);
     if (FILE* f = std::fopen(path, "rb")) std::fclose(f);
-    else fail(MM_ERR_IO, c10::str(__func__, ": cannot open '", path, "': ", std::strerror(errno)));
+    else fail(MM_ERR_IO, c10::str(fn, ": cannot open '", path, "': ", std::strerror(errno)));
     auto m = std::make_unique<mm_module>(mm_module{torch::jit::load(path, at::kCPU)});
     m->module.train(true);
     *out = m.release();
@@ -408,7 +428,8 @@ mm_status mm_module_load(const char* path, mm_module** out) {
 }
 
 mm_status mm_module_borrow(void* torch_jit_module, mm_module** out) {
-  return guard(__func__, [&] {
+  const char* const fn = __func__;
+  return guard(fn, [&] {
     MM_REQUIRE_NONNULL(torch_jit_module);
     MM_REQUIRE_NONNULL(out);
     // A copy of the handle shares the module object: the host's changes and ours are one.
@@ -422,24 +443,27 @@ mm_status mm_module_destroy(mm_module* module) {
 }
 
 mm_status mm_module_save(const mm_module* module, const char* path) {
-  return guard(__func__, [&] {
+  const char* const fn = __func__;
+  return guard(fn, [&] {
     MM_REQUIRE_NONNULL(module);
     MM_REQUIRE_NONNULL(path);
     if (FILE* f = std::fopen(path, "wb")) std::fclose(f);
-    else fail(MM_ERR_IO, c10::str(__func__, ": cannot write '", path, "': ", std::strerror(errno)));
+    else fail(MM_ERR_IO, c10::str(fn, ": cannot write '", path, "': ", std::strerror(errno)));
     module->module.save(path);
   });
 }
 
 mm_status mm_module_train(mm_module* module, int on) {
-  return guard(__func__, [&] {
+  const char* const fn = __func__;
+  return guard(fn, [&] {
     MM_REQUIRE_NONNULL(module);
     module->module.train(on != 0);
   });
 }
 
 mm_status mm_module_parameter_count(const mm_module* module, int64_t* tensors, int64_t* elements) {
-  return guard(__func__, [&] {
+  const char* const fn = __func__;
+  return guard(fn, [&] {
     MM_REQUIRE_NONNULL(module);
     int64_t n = 0, e = 0;
     for (const at::Tensor& p : module->module.parameters()) {
@@ -452,14 +476,15 @@ mm_status mm_module_parameter_count(const mm_module* module, int64_t* tensors, i
 }
 
 mm_status mm_forward(mm_mixer* mixer, mm_module* module, const mm_tensor* input, mm_tensor** out) {
-  return guard(__func__, [&] {
+  const char* const fn = __func__;
+  return guard(fn, [&] {
     MM_REQUIRE_NONNULL(module);
     MM_REQUIRE_NONNULL(input);
     MM_REQUIRE_NONNULL(out);
     Mixer* m = nullptr;
     if (mixer) {
-      m = const_cast<Mixer*>(&in_batch(mixer, __func__));
-      require_batch_dim(input->t, *m, __func__, "the input");
+      m = const_cast<Mixer*>(&in_batch(mixer, fn));
+      require_batch_dim(input->t, *m, fn, "the input");
     }
     at::Tensor y = manifold_mixup::forward(m, module->module, input->t);
     *out = new_tensor(std::move(y));
@@ -468,31 +493,34 @@ mm_status mm_forward(mm_mixer* mixer, mm_module* module, const mm_tensor* input,
 
 mm_status mm_module_run_method(mm_module* module, const char* method, const mm_tensor* input,
                                mm_tensor** out) {
-  return guard(__func__, [&] {
+  const char* const fn = __func__;
+  return guard(fn, [&] {
     MM_REQUIRE_NONNULL(module);
     MM_REQUIRE_NONNULL(method);
     MM_REQUIRE_NONNULL(input);
     MM_REQUIRE_NONNULL(out);
     auto found = module->module.find_method(method);
-    require(found.has_value(), MM_ERR_NOT_FOUND, __func__, ": the module has no method '", method, "'");
+    require(found.has_value(), MM_ERR_NOT_FOUND, fn, ": the module has no method '", method, "'");
     c10::IValue y = (*found)({input->t});
-    require(y.isTensor(), MM_ERR_TORCH, __func__, ": method '", method, "' returned ", y.tagKind(),
+    require(y.isTensor(), MM_ERR_TORCH, fn, ": method '", method, "' returned ", y.tagKind(),
             ", not a Tensor");
     *out = new_tensor(y.toTensor());
   });
 }
 
 mm_status mm_module_zero_grad(mm_module* module) {
-  return guard(__func__, [&] {
+  const char* const fn = __func__;
+  return guard(fn, [&] {
     MM_REQUIRE_NONNULL(module);
     for (at::Tensor p : module->module.parameters()) p.mutable_grad() = at::Tensor();
   });
 }
 
 mm_status mm_sgd_step(mm_module* module, double lr) {
-  return guard(__func__, [&] {
+  const char* const fn = __func__;
+  return guard(fn, [&] {
     MM_REQUIRE_NONNULL(module);
-    require(std::isfinite(lr) && lr >= 0, MM_ERR_ARG, __func__, ": lr must be finite and >= 0, got ", lr);
+    require(std::isfinite(lr) && lr >= 0, MM_ERR_ARG, fn, ": lr must be finite and >= 0, got ", lr);
     at::NoGradGuard no_grad;
     for (at::Tensor p : module->module.parameters())
       if (p.grad().defined()) p.sub_(p.grad(), lr);
@@ -503,60 +531,65 @@ mm_status mm_sgd_step(mm_module* module, double lr) {
 
 mm_status mm_mixed_cross_entropy(const mm_mixer* mixer, const mm_tensor* logits, const mm_tensor* targets,
                                  mm_tensor** loss) {
-  return guard(__func__, [&] {
+  const char* const fn = __func__;
+  return guard(fn, [&] {
     MM_REQUIRE_NONNULL(mixer);
     MM_REQUIRE_NONNULL(logits);
     MM_REQUIRE_NONNULL(targets);
     MM_REQUIRE_NONNULL(loss);
-    const Mixer& m = in_batch(mixer, __func__);
-    require_ce_args(logits->t, targets->t, __func__);
-    require_batch_dim(logits->t, m, __func__, "logits");
+    const Mixer& m = in_batch(mixer, fn);
+    require_ce_args(logits->t, targets->t, fn);
+    require_batch_dim(logits->t, m, fn, "logits");
     *loss = new_tensor(m.mixed_cross_entropy(logits->t, targets->t).mean());
   });
 }
 
 mm_status mm_cross_entropy(const mm_tensor* logits, const mm_tensor* targets, mm_tensor** loss) {
-  return guard(__func__, [&] {
+  const char* const fn = __func__;
+  return guard(fn, [&] {
     MM_REQUIRE_NONNULL(logits);
     MM_REQUIRE_NONNULL(targets);
     MM_REQUIRE_NONNULL(loss);
-    require_ce_args(logits->t, targets->t, __func__);
+    require_ce_args(logits->t, targets->t, fn);
     *loss = new_tensor(at::cross_entropy_loss(logits->t, targets->t));
   });
 }
 
 mm_status mm_mix_targets(const mm_mixer* mixer, const mm_tensor* targets, mm_tensor** mixed) {
-  return guard(__func__, [&] {
+  const char* const fn = __func__;
+  return guard(fn, [&] {
     MM_REQUIRE_NONNULL(mixer);
     MM_REQUIRE_NONNULL(targets);
     MM_REQUIRE_NONNULL(mixed);
-    const Mixer& m = in_batch(mixer, __func__);
-    require(at::isFloatingType(targets->t.scalar_type()), MM_ERR_ARG, __func__,
+    const Mixer& m = in_batch(mixer, fn);
+    require(at::isFloatingType(targets->t.scalar_type()), MM_ERR_ARG, fn,
             ": targets must be floating to be mixed, got ", targets->t.scalar_type());
-    require_batch_dim(targets->t, m, __func__, "targets");
+    require_batch_dim(targets->t, m, fn, "targets");
     *mixed = new_tensor(m.mix_targets(targets->t));
   });
 }
 
 mm_status mm_mse_loss(const mm_tensor* prediction, const mm_tensor* target, mm_tensor** loss) {
-  return guard(__func__, [&] {
+  const char* const fn = __func__;
+  return guard(fn, [&] {
     MM_REQUIRE_NONNULL(prediction);
     MM_REQUIRE_NONNULL(target);
     MM_REQUIRE_NONNULL(loss);
     const at::Tensor &p = prediction->t, &t = target->t;
     require(at::isFloatingType(p.scalar_type()) && at::isFloatingType(t.scalar_type()) && p.sizes() == t.sizes(),
-            MM_ERR_ARG, __func__, ": prediction and target must be floating tensors of one shape, got ",
+            MM_ERR_ARG, fn, ": prediction and target must be floating tensors of one shape, got ",
             p.scalar_type(), p.sizes(), " and ", t.scalar_type(), t.sizes());
     *loss = new_tensor(at::mse_loss(p, t));
   });
 }
 
 mm_status mm_backward(const mm_tensor* loss) {
-  return guard(__func__, [&] {
+  const char* const fn = __func__;
+  return guard(fn, [&] {
     MM_REQUIRE_NONNULL(loss);
-    require(loss->t.numel() == 1, MM_ERR_ARG, __func__, ": the loss must be a scalar, has ",
+    require(loss->t.numel() == 1, MM_ERR_ARG, fn, ": the loss must be a scalar, has ",
             loss->t.numel(), " elements");
-    require(loss->t.requires_grad(), MM_ERR_ARG, __func__,
+    require(loss->t.requires_grad(), MM_ERR_ARG, fn,
             ": the loss does not require grad (no parameter in training reached it)");
     torch::autograd::backward({loss->t.reshape({})});
   });
@@ -566,19 +599,20 @@ mm_status mm_backward(const mm_tensor* loss) {
 
 mm_status mm_hook_install(mm_mixer* mixer, mm_module* module, const char* const* names, size_t n_names,
                           mm_hook** out) {
-  return guard(__func__, [&] {
+  const char* const fn = __func__;
+  return guard(fn, [&] {
     MM_REQUIRE_NONNULL(mixer);
     MM_REQUIRE_NONNULL(module);
     MM_REQUIRE_NONNULL(out);
-    require(n_names == 0 || names != nullptr, MM_ERR_NULL, __func__, ": names is NULL and n_names is ", n_names);
+    require(n_names == 0 || names != nullptr, MM_ERR_NULL, fn, ": names is NULL and n_names is ", n_names);
     std::vector<std::string> list;
     for (size_t i = 0; i < n_names; ++i) {
-      require(names[i] != nullptr, MM_ERR_NULL, __func__, ": names[", i, "] is NULL");
+      require(names[i] != nullptr, MM_ERR_NULL, fn, ": names[", i, "] is NULL");
       list.emplace_back(names[i]);
     }
-    require(!mixer->mixer->in_batch(), MM_ERR_STATE, __func__,
+    require(!mixer->mixer->in_batch(), MM_ERR_STATE, fn,
             ": cannot install mixup points during a batch (call mm_batch_end first)");
-    require(mixer->mixer->num_points() == 0, MM_ERR_STATE, __func__,
+    require(mixer->mixer->num_points() == 0, MM_ERR_STATE, fn,
             ": the mixer already has a hook (one hook per mixer; remove it first)");
     // The core's messages name the module; sort them into statuses by what went wrong.
     try {
@@ -589,15 +623,16 @@ mm_status mm_hook_install(mm_mixer* mixer, mm_module* module, const char* const*
       mm_status s = MM_ERR_ARG;
       if (msg.rfind("no submodule named", 0) == 0) s = MM_ERR_NOT_FOUND;
       else if (msg.find("already") != std::string::npos) s = MM_ERR_STATE;
-      fail(s, std::string(__func__) + ": " + msg);
+      fail(s, std::string(fn) + ": " + msg);
     }
   });
 }
 
 mm_status mm_hook_remove(mm_hook* hook) {
-  return guard(__func__, [&] {
+  const char* const fn = __func__;
+  return guard(fn, [&] {
     if (!hook) return;
-    require(!hook->hook->mixer()->in_batch(), MM_ERR_STATE, __func__,
+    require(!hook->hook->mixer()->in_batch(), MM_ERR_STATE, fn,
             ": cannot remove mixup points during a batch (call mm_batch_end first)");
     hook->hook->remove();
     delete hook;
@@ -605,7 +640,8 @@ mm_status mm_hook_remove(mm_hook* hook) {
 }
 
 mm_status mm_hook_point_count(const mm_hook* hook, size_t* count) {
-  return guard(__func__, [&] {
+  const char* const fn = __func__;
+  return guard(fn, [&] {
     MM_REQUIRE_NONNULL(hook);
     MM_REQUIRE_NONNULL(count);
     *count = hook->hook->point_names().size();
@@ -613,27 +649,30 @@ mm_status mm_hook_point_count(const mm_hook* hook, size_t* count) {
 }
 
 mm_status mm_hook_point_name(const mm_hook* hook, size_t i, const char** name) {
-  return guard(__func__, [&] {
+  const char* const fn = __func__;
+  return guard(fn, [&] {
     MM_REQUIRE_NONNULL(hook);
     MM_REQUIRE_NONNULL(name);
     const auto& names = hook->hook->point_names();
-    require(i < names.size(), MM_ERR_ARG, __func__, ": point index ", i, " out of range [0, ", names.size(), ")");
+    require(i < names.size(), MM_ERR_ARG, fn, ": point index ", i, " out of range [0, ", names.size(), ")");
     *name = names[i].c_str();
   });
 }
 
 mm_status mm_hook_mix_count(const mm_hook* hook, size_t i, int64_t* count) {
-  return guard(__func__, [&] {
+  const char* const fn = __func__;
+  return guard(fn, [&] {
     MM_REQUIRE_NONNULL(hook);
     MM_REQUIRE_NONNULL(count);
     const size_t n = hook->hook->point_names().size();
-    require(i < n, MM_ERR_ARG, __func__, ": point index ", i, " out of range [0, ", n, ")");
+    require(i < n, MM_ERR_ARG, fn, ": point index ", i, " out of range [0, ", n, ")");
     *count = hook->hook->mix_count(i);
   });
 }
 
 mm_status mm_hook_selection(const mm_hook* hook, const char** selection) {
-  return guard(__func__, [&] {
+  const char* const fn = __func__;
+  return guard(fn, [&] {
     MM_REQUIRE_NONNULL(hook);
     MM_REQUIRE_NONNULL(selection);
     *selection = hook->hook->selection().c_str();

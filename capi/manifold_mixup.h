@@ -36,7 +36,9 @@
 extern "C" {
 #endif
 
-#if defined(_WIN32)
+#if defined(_WIN32) && defined(MM_BUILDING_LIBRARY)
+#define MM_API __declspec(dllexport)
+#elif defined(_WIN32)
 #define MM_API __declspec(dllimport)
 #elif defined(__GNUC__)
 #define MM_API __attribute__((visibility("default")))

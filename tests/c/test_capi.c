@@ -2,6 +2,7 @@
  * runs every case whose name contains FILTER (all without one). The models come from
  * make_models.py. Each case prints "ok" or what failed; the exit status is the failure count. */
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -569,6 +570,25 @@ done:
   mm_mixer_destroy(mixer);
 }
 
+static void* fail_in_thread(void* message_out) {
+  mm_tensor_item(NULL, NULL);
+  strncpy((char*)message_out, mm_last_error(), 255);
+  return NULL;
+}
+
+/* mm_last_error is per thread: another thread's failure does not change this thread's. */
+static void test_last_error_is_thread_local(void) {
+  char other[256] = {0};
+  pthread_t thread;
+  CHECK_STATUS(mm_batch_begin(NULL, 1, NULL), MM_ERR_NULL);
+  CHECK_MSG("mm_batch_begin");
+  CHECK(pthread_create(&thread, NULL, fail_in_thread, other) == 0);
+  CHECK(pthread_join(thread, NULL) == 0);
+  CHECK(strstr(other, "mm_tensor_item") != NULL);
+  CHECK_MSG("mm_batch_begin");
+done:;
+}
+
 struct test_case {
   const char* name;
   void (*fn)(void);
@@ -588,6 +608,7 @@ int main(int argc, char** argv) {
       {"tensors_host_and_dlpack", test_tensors_host_and_dlpack},
       {"errors", test_errors},
       {"destroy_order", test_destroy_order},
+      {"last_error_is_thread_local", test_last_error_is_thread_local},
   };
   const char* filter = argc > 2 ? argv[2] : "";
   int failures = 0, run = 0;
