@@ -8,6 +8,8 @@ shared.pt   two instances s1, s2 of one scripted class Block (one TorchScript ty
 tuple.pt    a child whose forward returns a tuple: it cannot be a mixup point.
 marked.pt   one child wrapped in a class named ManifoldMixupModule, for the selection rules.
 twice.pt    one Linear called twice per forward: the second call must not mix.
+resnet.pt   a small ResNet (BatchNorm, Sequential stages, BasicBlocks of one type; a downsample
+            Sequential in one block): selection by class name, and points deep in the tree.
 empty.pt    no submodule at all: automatic selection finds nothing.
 garbage.pt  not a TorchScript archive.
 """
@@ -89,6 +91,32 @@ class Twice(nn.Module):
         return self.head(self.l(torch.relu(self.l(x))))
 
 
+class BasicBlock(nn.Module):
+    def __init__(self, cin, cout, stride=1):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
+        self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+        self.downsample = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                           if stride != 1 or cin != cout else nn.Identity())
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.downsample(x))
+
+
+class ResNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, 1, 1)
+        self.layer1 = nn.Sequential(BasicBlock(8, 8), BasicBlock(8, 8))
+        self.layer2 = nn.Sequential(BasicBlock(8, 16, 2), BasicBlock(16, 16))
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x):
+        x = self.layer2(self.layer1(torch.relu(self.stem(x))))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
 class Empty(nn.Module):
     def forward(self, x):
         return 2 * x
@@ -101,7 +129,8 @@ def main(out_dir):
     assert shared.s1._c._type() == shared.s2._c._type(), "s1 and s2 must share one TorchScript type"
     models = {"mlp": torch.jit.script(MLP()), "shared": shared,
               "tuple": torch.jit.script(WithTuple()), "marked": torch.jit.script(Marked()),
-              "twice": torch.jit.script(Twice()), "empty": torch.jit.script(Empty())}
+              "twice": torch.jit.script(Twice()), "empty": torch.jit.script(Empty()),
+              "resnet": torch.jit.script(ResNet())}
     for name, m in models.items():
         m.save(os.path.join(out_dir, name + ".pt"))
     with open(os.path.join(out_dir, "garbage.pt"), "wb") as f:

@@ -229,6 +229,53 @@ done:
   mm_mixer_destroy(mixer);
 }
 
+/* A ResNet: blocks chosen by class name, points deep inside Sequential stages, training steps. */
+static void test_resnet(void) {
+  mm_module* mod = NULL;
+  mm_mixer* mixer = make_mixer(1.0, 1);
+  mm_hook* hook = NULL;
+  mm_tensor *x = NULL, *y = make_targets(), *out = NULL, *loss = NULL;
+  const char* names[] = {"layer1.1", "layer2.0.conv1", "layer2.0.downsample.1", "fc"};
+  float img[B * 8 * 8];
+  int64_t shape[4] = {B, 1, 8, 8}, count = 0, total = 0;
+  size_t i;
+  int step;
+  for (i = 0; i < sizeof img / sizeof img[0]; ++i) img[i] = (float)cos(0.37 * (double)i);
+  CHECK(mixer && y);
+  CHECK_OK(mm_tensor_from_host(img, MM_FLOAT32, shape, 4, &x));
+  check_selection(mixer, "resnet", 4, 3, "layer2.1", "block");
+  CHECK_OK(mm_module_load(model_path("resnet"), &mod));
+  CHECK_OK(mm_hook_install(mixer, mod, names, 4, &hook));
+  for (step = 0; step < 20; ++step) {
+    CHECK_OK(mm_batch_begin(mixer, B, NULL));
+    CHECK_OK(mm_forward(mixer, mod, x, &out));
+    CHECK_OK(mm_mixed_cross_entropy(mixer, out, y, &loss));
+    CHECK_OK(mm_module_zero_grad(mod));
+    CHECK_OK(mm_backward(loss));
+    CHECK_OK(mm_sgd_step(mod, 0.05));
+    CHECK_OK(mm_batch_end(mixer));
+    mm_tensor_destroy(out);
+    mm_tensor_destroy(loss);
+    out = loss = NULL;
+  }
+  for (i = 0; i < 4; ++i) {
+    CHECK_OK(mm_hook_mix_count(hook, i, &count));
+    total += count;
+  }
+  CHECK_OK(mm_mixer_input_mixes(mixer, &count));
+  CHECK(total + count == 20);
+  CHECK_OK(mm_mixer_repeated_calls(mixer, &count));
+  CHECK(count == 0);
+done:
+  mm_tensor_destroy(out);
+  mm_tensor_destroy(loss);
+  mm_hook_remove(hook);
+  mm_module_destroy(mod);
+  mm_mixer_destroy(mixer);
+  mm_tensor_destroy(x);
+  mm_tensor_destroy(y);
+}
+
 static void test_remove_restores(void) {
   mm_module* mod = NULL;
   mm_mixer* mixer = make_mixer(1.0, 0);
@@ -601,6 +648,7 @@ int main(int argc, char** argv) {
       {"alpha_zero_is_the_plain_forward", test_alpha_zero_is_the_plain_forward},
       {"shared_type_only_the_named_instance_mixes", test_shared_type_only_the_named_instance_mixes},
       {"install_automatically", test_install_automatically},
+      {"resnet", test_resnet},
       {"remove_restores", test_remove_restores},
       {"second_call_in_a_batch_does_not_mix", test_second_call_in_a_batch_does_not_mix},
       {"training_step", test_training_step},
