@@ -91,6 +91,25 @@ static int batch_forward(mm_mixer* mixer, mm_module* mod, const mm_tensor* x, fl
   return ok;
 }
 
+/* `steps` SGD steps on the batch (x, y) with the mixed loss; the first and last losses. */
+static int train_steps(mm_mixer* mixer, mm_module* mod, const mm_tensor* x, const mm_tensor* y,
+                       int steps, double lr, double* first, double* last) {
+  int step, ok = 1;
+  for (step = 0; ok && step < steps; ++step) {
+    mm_tensor *out = NULL, *loss = NULL;
+    double v = 0;
+    ok = mm_batch_begin(mixer, B, NULL) == MM_OK && mm_forward(mixer, mod, x, &out) == MM_OK &&
+         mm_mixed_cross_entropy(mixer, out, y, &loss) == MM_OK && mm_tensor_item(loss, &v) == MM_OK &&
+         mm_module_zero_grad(mod) == MM_OK && mm_backward(loss) == MM_OK &&
+         mm_sgd_step(mod, lr) == MM_OK && mm_batch_end(mixer) == MM_OK;
+    if (step == 0) *first = v;
+    *last = v;
+    mm_tensor_destroy(out);
+    mm_tensor_destroy(loss);
+  }
+  return ok;
+}
+
 static double max_diff(const float* a, const float* b, int n) {
   double d = 0;
   int i;
@@ -234,30 +253,19 @@ static void test_resnet(void) {
   mm_module* mod = NULL;
   mm_mixer* mixer = make_mixer(1.0, 1);
   mm_hook* hook = NULL;
-  mm_tensor *x = NULL, *y = make_targets(), *out = NULL, *loss = NULL;
+  mm_tensor *x = NULL, *y = make_targets();
   const char* names[] = {"layer1.1", "layer2.0.conv1", "layer2.0.downsample.1", "fc"};
   float img[B * 8 * 8];
   int64_t shape[4] = {B, 1, 8, 8}, count = 0, total = 0;
   size_t i;
-  int step;
+  double first = 0, last = 0;
   for (i = 0; i < sizeof img / sizeof img[0]; ++i) img[i] = (float)cos(0.37 * (double)i);
   CHECK(mixer && y);
   CHECK_OK(mm_tensor_from_host(img, MM_FLOAT32, shape, 4, &x));
   check_selection(mixer, "resnet", 4, 3, "layer2.1", "block");
   CHECK_OK(mm_module_load(model_path("resnet"), &mod));
   CHECK_OK(mm_hook_install(mixer, mod, names, 4, &hook));
-  for (step = 0; step < 20; ++step) {
-    CHECK_OK(mm_batch_begin(mixer, B, NULL));
-    CHECK_OK(mm_forward(mixer, mod, x, &out));
-    CHECK_OK(mm_mixed_cross_entropy(mixer, out, y, &loss));
-    CHECK_OK(mm_module_zero_grad(mod));
-    CHECK_OK(mm_backward(loss));
-    CHECK_OK(mm_sgd_step(mod, 0.05));
-    CHECK_OK(mm_batch_end(mixer));
-    mm_tensor_destroy(out);
-    mm_tensor_destroy(loss);
-    out = loss = NULL;
-  }
+  CHECK(train_steps(mixer, mod, x, y, 20, 0.05, &first, &last));
   for (i = 0; i < 4; ++i) {
     CHECK_OK(mm_hook_mix_count(hook, i, &count));
     total += count;
@@ -267,8 +275,6 @@ static void test_resnet(void) {
   CHECK_OK(mm_mixer_repeated_calls(mixer, &count));
   CHECK(count == 0);
 done:
-  mm_tensor_destroy(out);
-  mm_tensor_destroy(loss);
   mm_hook_remove(hook);
   mm_module_destroy(mod);
   mm_mixer_destroy(mixer);
@@ -339,27 +345,12 @@ static void test_training_step(void) {
   const char* names[] = {"l1", "l2"};
   double first = 0, last = 0, v = 0;
   int64_t total = 0, m0 = 0, m1 = 0, inputs = 0, n_tensors = 0, n_elems = 0;
-  int step;
   CHECK(mixer && x && y);
   CHECK_OK(mm_module_load(model_path("mlp"), &mod));
   CHECK_OK(mm_module_parameter_count(mod, &n_tensors, &n_elems));
   CHECK(n_tensors == 6 && n_elems == 4 * 8 + 8 + 8 * 8 + 8 + 8 * 3 + 3);
   CHECK_OK(mm_hook_install(mixer, mod, names, 2, &hook));
-  for (step = 0; step < 30; ++step) {
-    CHECK_OK(mm_batch_begin(mixer, B, NULL));
-    CHECK_OK(mm_forward(mixer, mod, x, &out));
-    CHECK_OK(mm_mixed_cross_entropy(mixer, out, y, &loss));
-    CHECK_OK(mm_tensor_item(loss, &v));
-    if (step == 0) first = v;
-    last = v;
-    CHECK_OK(mm_module_zero_grad(mod));
-    CHECK_OK(mm_backward(loss));
-    CHECK_OK(mm_sgd_step(mod, 0.2));
-    CHECK_OK(mm_batch_end(mixer));
-    mm_tensor_destroy(out);
-    mm_tensor_destroy(loss);
-    out = loss = NULL;
-  }
+  CHECK(train_steps(mixer, mod, x, y, 30, 0.2, &first, &last));
   CHECK_OK(mm_hook_mix_count(hook, 0, &m0));
   CHECK_OK(mm_hook_mix_count(hook, 1, &m1));
   CHECK_OK(mm_mixer_input_mixes(mixer, &inputs));
