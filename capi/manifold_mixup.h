@@ -222,7 +222,10 @@ MM_API mm_status mm_module_load(const char* path, mm_module** out);
  * torch::jit::Module (C++ type torch::jit::Module*, as from torch::jit::load) that was built
  * with the same libtorch as this library. The host keeps ownership of that object; the
  * mm_module shares the underlying module (hooks installed through it are visible to the
- * host's object) and stays valid if the host's object is destroyed first. */
+ * host's object) and stays valid if the host's object is destroyed first. While points are
+ * installed, the host should call the module through Module::forward or run_method, not
+ * through a torch::jit::Method taken before mm_hook_install (it would not mix) or kept after
+ * mm_hook_remove (it would name a freed function). */
 MM_API mm_status mm_module_borrow(void* torch_jit_module, mm_module** out);
 
 /* Frees the handle. Hooks installed on the module stay until mm_hook_remove. NULL: no-op. */

@@ -15,7 +15,10 @@
 // place has no effect on a module that already ran. The rewrite is therefore made on copies, put
 // in fresh functions that replace the methods of every ancestor type (their executors start
 // empty); removing puts the original function objects back, which restores the module exactly,
-// cached plans included.
+// cached plans included. (Checked on libtorch 2.13: from C++, a forward graph rewritten in
+// place after one forward keeps running the old plan.) So take torch::jit::Method handles after
+// installing, and drop those taken while installed before removing: they name the replaced
+// functions. Module::forward / run_method look the method up on each call and are always right.
 #pragma once
 
 #include <torch/csrc/jit/api/module.h>
