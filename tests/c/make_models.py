@@ -1,6 +1,6 @@
 """Writes the small TorchScript models the C tests load, into the directory given as argv[1].
 
-mlp.pt      x -> l1 -> relu -> l2 -> l3: l3 is affine, so mixing at l2 gives exactly the plain
+mlp.pt      x -> trunk (l1, relu) -> l2 -> l3: l3 is affine, so mixing at l2 gives exactly the plain
             output mixed, and mixing anywhere before the relu does not.
 shared.pt   two instances s1, s2 of one scripted class Block (one TorchScript type, one graph)
             with a Linear `inner` called inside Block.forward, then an affine head: naming
@@ -26,7 +26,12 @@ class MLP(nn.Module):
         self.l1, self.l2, self.l3 = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 3)
 
     def forward(self, x):
-        return self.l3(self.l2(torch.relu(self.l1(x))))
+        return self.l3(self.l2(self.trunk(x)))
+
+    @torch.jit.export
+    def trunk(self, x):
+        """The layers before l2."""
+        return torch.relu(self.l1(x))
 
 
 class Block(nn.Module):

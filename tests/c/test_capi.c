@@ -182,6 +182,41 @@ static void test_install_by_name_mixes_only_at_the_point(void) {
 done:;
 }
 
+/* In a batch where l2 mixes, the layers before it (the exported method trunk) compute what
+ * they compute outside a batch. */
+static void test_layers_before_the_point_are_unchanged(void) {
+  mm_module* mod = NULL;
+  mm_mixer* mixer = make_mixer(1.0, 0);
+  mm_hook* hook = NULL;
+  mm_tensor *x = make_input(), *h = NULL;
+  const char* name = "l2";
+  float plain[B * 8], inside[B * 8];
+  int64_t chosen = -5, mixes = 0;
+  CHECK(mixer && x);
+  CHECK_OK(mm_module_load(model_path("mlp"), &mod));
+  CHECK_OK(mm_hook_install(mixer, mod, &name, 1, &hook));
+  CHECK_OK(mm_module_run_method(mod, "trunk", x, &h));
+  CHECK_OK(mm_tensor_to_host(h, plain, sizeof plain));
+  mm_tensor_destroy(h);
+  h = NULL;
+  CHECK_OK(mm_batch_begin(mixer, B, &chosen));
+  CHECK(chosen == 0);
+  CHECK_OK(mm_forward(mixer, mod, x, &h)); /* l2 mixes here */
+  mm_tensor_destroy(h);
+  h = NULL;
+  CHECK_OK(mm_module_run_method(mod, "trunk", x, &h));
+  CHECK_OK(mm_tensor_to_host(h, inside, sizeof inside));
+  CHECK_OK(mm_batch_end(mixer));
+  CHECK_OK(mm_hook_mix_count(hook, 0, &mixes));
+  CHECK(mixes == 1 && max_diff(plain, inside, B * 8) == 0.0);
+done:
+  mm_tensor_destroy(h);
+  mm_hook_remove(hook);
+  mm_module_destroy(mod);
+  mm_mixer_destroy(mixer);
+  mm_tensor_destroy(x);
+}
+
 static void test_alpha_zero_is_the_plain_forward(void) {
   mm_module* mod = NULL;
   mm_mixer* mixer = make_mixer(0.0, 1);
@@ -636,6 +671,7 @@ int main(int argc, char** argv) {
   static const struct test_case cases[] = {
       {"version", test_version},
       {"install_by_name_mixes_only_at_the_point", test_install_by_name_mixes_only_at_the_point},
+      {"layers_before_the_point_are_unchanged", test_layers_before_the_point_are_unchanged},
       {"alpha_zero_is_the_plain_forward", test_alpha_zero_is_the_plain_forward},
       {"shared_type_only_the_named_instance_mixes", test_shared_type_only_the_named_instance_mixes},
       {"install_automatically", test_install_automatically},
