@@ -1,0 +1,706 @@
+/* Tests of the C API, in C, against the library only. Usage: test_capi MODEL_DIR [FILTER]
+ * runs every case whose name contains FILTER (all without one). The models come from
+ * make_models.py. Each case prints "ok" or what failed; the exit status is the failure count. */
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <ATen/dlpack.h>
+
+#include "manifold_mixup.h"
+
+static const char* g_dir;
+static int g_case_failed;
+
+#define CHECK(cond)                                                                    \
+  do {                                                                                 \
+    if (!(cond)) {                                                                     \
+      printf("    %s:%d: CHECK(%s) failed; last error: %s\n", __FILE__, __LINE__, #cond, \
+             mm_last_error());                                                         \
+      g_case_failed = 1;                                                               \
+      goto done;                                                                       \
+    }                                                                                  \
+  } while (0)
+#define CHECK_OK(call) CHECK((call) == MM_OK)
+#define CHECK_STATUS(call, status) CHECK((call) == (status))
+#define CHECK_MSG(text) CHECK(strstr(mm_last_error(), (text)) != NULL)
+
+enum { B = 6, D = 4, C = 3 };
+
+static const char* model_path(const char* name) {
+  static char path[4096];
+  snprintf(path, sizeof path, "%s/%s.pt", g_dir, name);
+  return path;
+}
+
+/* A fixed batch x [B, D]. */
+static mm_tensor* make_input(void) {
+  float x[B * D];
+  int64_t shape[2] = {B, D};
+  mm_tensor* t = NULL;
+  int i;
+  for (i = 0; i < B * D; ++i) x[i] = (float)sin(0.7 * i + 0.3) * 2.0f;
+  if (mm_tensor_from_host(x, MM_FLOAT32, shape, 2, &t) != MM_OK) return NULL;
+  return t;
+}
+
+static mm_tensor* make_targets(void) {
+  int64_t y[B], shape[1] = {B};
+  mm_tensor* t = NULL;
+  int i;
+  for (i = 0; i < B; ++i) y[i] = i % C;
+  if (mm_tensor_from_host(y, MM_INT64, shape, 1, &t) != MM_OK) return NULL;
+  return t;
+}
+
+static mm_mixer* make_mixer(double alpha, int input_mixup) {
+  mm_mixer_config cfg;
+  mm_mixer* m = NULL;
+  mm_mixer_config_init(&cfg);
+  cfg.alpha = alpha;
+  cfg.input_mixup = input_mixup;
+  cfg.has_seed = 1;
+  cfg.seed = 1234;
+  if (mm_mixer_create(&cfg, &m) != MM_OK) return NULL;
+  return m;
+}
+
+/* out [B, C] of a plain forward, into buf. */
+static int plain_forward(mm_module* mod, const mm_tensor* x, float* buf) {
+  mm_tensor* y = NULL;
+  int ok = mm_forward(NULL, mod, x, &y) == MM_OK &&
+           mm_tensor_to_host(y, buf, sizeof(float) * B * C) == MM_OK;
+  mm_tensor_destroy(y);
+  return ok;
+}
+
+/* Forward in a batch of `mixer`, into buf; writes lam and perm of the batch. */
+static int batch_forward(mm_mixer* mixer, mm_module* mod, const mm_tensor* x, float* buf,
+                         float* lam, int64_t* perm, int64_t* chosen) {
+  mm_tensor *y = NULL, *l = NULL, *p = NULL;
+  int ok = mm_batch_begin(mixer, B, chosen) == MM_OK && mm_forward(mixer, mod, x, &y) == MM_OK &&
+           mm_tensor_to_host(y, buf, sizeof(float) * B * C) == MM_OK &&
+           mm_batch_weights(mixer, &l, &p) == MM_OK &&
+           mm_tensor_to_host(l, lam, sizeof(float) * B) == MM_OK &&
+           mm_tensor_to_host(p, perm, sizeof(int64_t) * B) == MM_OK && mm_batch_end(mixer) == MM_OK;
+  mm_tensor_destroy(y);
+  mm_tensor_destroy(l);
+  mm_tensor_destroy(p);
+  return ok;
+}
+
+/* `steps` SGD steps on the batch (x, y) with the mixed loss; the first and last losses. */
+static int train_steps(mm_mixer* mixer, mm_module* mod, const mm_tensor* x, const mm_tensor* y,
+                       int steps, double lr, double* first, double* last) {
+  int step, ok = 1;
+  for (step = 0; ok && step < steps; ++step) {
+    mm_tensor *out = NULL, *loss = NULL;
+    double v = 0;
+    ok = mm_batch_begin(mixer, B, NULL) == MM_OK && mm_forward(mixer, mod, x, &out) == MM_OK &&
+         mm_mixed_cross_entropy(mixer, out, y, &loss) == MM_OK && mm_tensor_item(loss, &v) == MM_OK &&
+         mm_module_zero_grad(mod) == MM_OK && mm_backward(loss) == MM_OK &&
+         mm_sgd_step(mod, lr) == MM_OK && mm_batch_end(mixer) == MM_OK;
+    if (step == 0) *first = v;
+    *last = v;
+    mm_tensor_destroy(out);
+    mm_tensor_destroy(loss);
+  }
+  return ok;
+}
+
+static double max_diff(const float* a, const float* b, int n) {
+  double d = 0;
+  int i;
+  for (i = 0; i < n; ++i)
+    if (fabs((double)a[i] - b[i]) > d) d = fabs((double)a[i] - b[i]);
+  return d;
+}
+
+/* out[i] = lam[i] * y[i] + (1 - lam[i]) * y[perm[i]], rows of C. */
+static void mix_rows(const float* y, const float* lam, const int64_t* perm, float* out) {
+  int i, j;
+  for (i = 0; i < B; ++i)
+    for (j = 0; j < C; ++j) out[i * C + j] = lam[i] * y[i * C + j] + (1 - lam[i]) * y[perm[i] * C + j];
+}
+
+static int lam_not_all_one(const float* lam) {
+  int i;
+  for (i = 0; i < B; ++i)
+    if (lam[i] < 0.999f) return 1;
+  return 0;
+}
+
+/* Installs `name` on `model` with alpha > 0 and no input mixup (so the point always mixes),
+ * and reports whether the output is exactly the plain output mixed (affine tail after the point). */
+static int mixed_equals_mixed_plain(const char* model, const char* name, int* equal, int* differs,
+                                    int64_t* mixes, int64_t* repeated) {
+  mm_module* mod = NULL;
+  mm_mixer* mixer = make_mixer(1.0, 0);
+  mm_hook* hook = NULL;
+  mm_tensor* x = make_input();
+  float plain[B * C], out[B * C], expect[B * C], lam[B];
+  int64_t perm[B], chosen = 0;
+  int ok = mixer && x && mm_module_load(model_path(model), &mod) == MM_OK &&
+           plain_forward(mod, x, plain) && /* a forward before installing: plans are cached */
+           mm_hook_install(mixer, mod, &name, 1, &hook) == MM_OK &&
+           batch_forward(mixer, mod, x, out, lam, perm, &chosen) && chosen == 0 &&
+           lam_not_all_one(lam) && mm_hook_mix_count(hook, 0, mixes) == MM_OK &&
+           mm_mixer_repeated_calls(mixer, repeated) == MM_OK;
+  if (ok) {
+    mix_rows(plain, lam, perm, expect);
+    *equal = max_diff(out, expect, B * C) < 1e-5;
+    *differs = max_diff(out, plain, B * C) > 1e-4;
+  }
+  mm_hook_remove(hook);
+  mm_module_destroy(mod);
+  mm_mixer_destroy(mixer);
+  mm_tensor_destroy(x);
+  return ok;
+}
+
+/* ---- cases -------------------------------------------------------------------------------- */
+
+static void test_version(void) {
+  CHECK(mm_version() == MM_VERSION_NUMBER);
+  CHECK(strcmp(mm_version_string(), "0.1.0") == 0);
+  CHECK(strcmp(mm_status_string(MM_ERR_STATE), "MM_ERR_STATE") == 0);
+  CHECK(strcmp(mm_status_string((mm_status)99), "unknown status") == 0);
+done:;
+}
+
+static void test_install_by_name_mixes_only_at_the_point(void) {
+  int equal = 0, differs = 0;
+  int64_t mixes = 0, repeated = 0;
+  /* At l2 (affine tail l3): the output is the plain output mixed, so nothing before l2 mixed. */
+  CHECK(mixed_equals_mixed_plain("mlp", "l2", &equal, &differs, &mixes, &repeated));
+  CHECK(equal && differs && mixes == 1 && repeated == 0);
+  /* At l1 (a relu follows): the output is mixed, but not as a mix of the plain output. */
+  CHECK(mixed_equals_mixed_plain("mlp", "l1", &equal, &differs, &mixes, &repeated));
+  CHECK(!equal && differs && mixes == 1);
+done:;
+}
+
+/* In a batch where l2 mixes, the layers before it (the exported method trunk) compute what
+ * they compute outside a batch. */
+static void test_layers_before_the_point_are_unchanged(void) {
+  mm_module* mod = NULL;
+  mm_mixer* mixer = make_mixer(1.0, 0);
+  mm_hook* hook = NULL;
+  mm_tensor *x = make_input(), *h = NULL;
+  const char* name = "l2";
+  float plain[B * 8], inside[B * 8];
+  int64_t chosen = -5, mixes = 0;
+  CHECK(mixer && x);
+  CHECK_OK(mm_module_load(model_path("mlp"), &mod));
+  CHECK_OK(mm_hook_install(mixer, mod, &name, 1, &hook));
+  CHECK_OK(mm_module_run_method(mod, "trunk", x, &h));
+  CHECK_OK(mm_tensor_to_host(h, plain, sizeof plain));
+  mm_tensor_destroy(h);
+  h = NULL;
+  CHECK_OK(mm_batch_begin(mixer, B, &chosen));
+  CHECK(chosen == 0);
+  CHECK_OK(mm_forward(mixer, mod, x, &h)); /* l2 mixes here */
+  mm_tensor_destroy(h);
+  h = NULL;
+  CHECK_OK(mm_module_run_method(mod, "trunk", x, &h));
+  CHECK_OK(mm_tensor_to_host(h, inside, sizeof inside));
+  CHECK_OK(mm_batch_end(mixer));
+  CHECK_OK(mm_hook_mix_count(hook, 0, &mixes));
+  CHECK(mixes == 1 && max_diff(plain, inside, B * 8) == 0.0);
+done:
+  mm_tensor_destroy(h);
+  mm_hook_remove(hook);
+  mm_module_destroy(mod);
+  mm_mixer_destroy(mixer);
+  mm_tensor_destroy(x);
+}
+
+static void test_alpha_zero_is_the_plain_forward(void) {
+  mm_module* mod = NULL;
+  mm_mixer* mixer = make_mixer(0.0, 1);
+  mm_hook* hook = NULL;
+  mm_tensor* x = make_input();
+  const char* names[] = {"l1", "l2"};
+  float plain[B * C], out[B * C], lam[B];
+  int64_t perm[B], chosen = 0, mixes = -1, input_mixes = -1;
+  CHECK(mixer && x);
+  CHECK_OK(mm_module_load(model_path("mlp"), &mod));
+  CHECK(plain_forward(mod, x, plain));
+  CHECK_OK(mm_hook_install(mixer, mod, names, 2, &hook));
+  CHECK(batch_forward(mixer, mod, x, out, lam, perm, &chosen));
+  CHECK(chosen == MM_POINT_NONE);
+  CHECK(max_diff(out, plain, B * C) == 0.0);
+  CHECK_OK(mm_hook_mix_count(hook, 0, &mixes));
+  CHECK_OK(mm_mixer_input_mixes(mixer, &input_mixes));
+  CHECK(mixes == 0 && input_mixes == 0);
+done:
+  mm_hook_remove(hook);
+  mm_module_destroy(mod);
+  mm_mixer_destroy(mixer);
+  mm_tensor_destroy(x);
+}
+
+static void test_shared_type_only_the_named_instance_mixes(void) {
+  int equal = 0, differs = 0;
+  int64_t mixes = 0, repeated = 0;
+  /* s1 and s2 share the Block type: the rewrite is in Block's graph, used by both. */
+  CHECK(mixed_equals_mixed_plain("shared", "s2.inner", &equal, &differs, &mixes, &repeated));
+  CHECK(equal && differs && mixes == 1 && repeated == 0);
+  CHECK(mixed_equals_mixed_plain("shared", "s1.inner", &equal, &differs, &mixes, &repeated));
+  CHECK(!equal && differs && mixes == 1 && repeated == 0);
+done:;
+}
+
+/* Installs with no names on `model` and checks the count, one point's name and the rule. */
+static void check_selection(mm_mixer* mixer, const char* model, size_t count, size_t index,
+                            const char* name, const char* rule_word) {
+  mm_module* mod = NULL;
+  mm_hook* hook = NULL;
+  size_t n = 0;
+  const char *got = NULL, *rule = NULL;
+  CHECK_OK(mm_module_load(model_path(model), &mod));
+  CHECK_OK(mm_hook_install(mixer, mod, NULL, 0, &hook));
+  CHECK_OK(mm_hook_point_count(hook, &n));
+  CHECK(n == count);
+  CHECK_OK(mm_hook_point_name(hook, index, &got));
+  CHECK(strcmp(got, name) == 0);
+  CHECK_OK(mm_hook_selection(hook, &rule));
+  CHECK(strstr(rule, rule_word) != NULL);
+done:
+  mm_hook_remove(hook);
+  mm_module_destroy(mod);
+}
+
+static void test_install_automatically(void) {
+  mm_mixer* mixer = make_mixer(0.4, 1);
+  CHECK(mixer);
+  check_selection(mixer, "mlp", 3, 2, "l3", "mixable");          /* every mixable module */
+  check_selection(mixer, "shared", 2, 0, "s1", "block");         /* class names with block */
+  check_selection(mixer, "marked", 1, 0, "wrapped", "ManifoldMixupModule"); /* the marker wins */
+done:
+  mm_mixer_destroy(mixer);
+}
+
+/* A ResNet: blocks chosen by class name, points deep inside Sequential stages, training steps. */
+static void test_resnet(void) {
+  mm_module* mod = NULL;
+  mm_mixer* mixer = make_mixer(1.0, 1);
+  mm_hook* hook = NULL;
+  mm_tensor *x = NULL, *y = make_targets();
+  const char* names[] = {"layer1.1", "layer2.0.conv1", "layer2.0.downsample.1", "fc"};
+  float img[B * 8 * 8];
+  int64_t shape[4] = {B, 1, 8, 8}, count = 0, total = 0;
+  size_t i;
+  double first = 0, last = 0;
+  for (i = 0; i < sizeof img / sizeof img[0]; ++i) img[i] = (float)cos(0.37 * (double)i);
+  CHECK(mixer && y);
+  CHECK_OK(mm_tensor_from_host(img, MM_FLOAT32, shape, 4, &x));
+  check_selection(mixer, "resnet", 4, 3, "layer2.1", "block");
+  CHECK_OK(mm_module_load(model_path("resnet"), &mod));
+  CHECK_OK(mm_hook_install(mixer, mod, names, 4, &hook));
+  CHECK(train_steps(mixer, mod, x, y, 20, 0.05, &first, &last));
+  for (i = 0; i < 4; ++i) {
+    CHECK_OK(mm_hook_mix_count(hook, i, &count));
+    total += count;
+  }
+  CHECK_OK(mm_mixer_input_mixes(mixer, &count));
+  CHECK(total + count == 20);
+  CHECK_OK(mm_mixer_repeated_calls(mixer, &count));
+  CHECK(count == 0);
+done:
+  mm_hook_remove(hook);
+  mm_module_destroy(mod);
+  mm_mixer_destroy(mixer);
+  mm_tensor_destroy(x);
+  mm_tensor_destroy(y);
+}
+
+static void test_remove_restores(void) {
+  mm_module* mod = NULL;
+  mm_mixer* mixer = make_mixer(1.0, 0);
+  mm_hook* hook = NULL;
+  mm_tensor* x = make_input();
+  const char* names[] = {"s1.inner", "s2"};
+  float plain[B * C], out[B * C], lam[B];
+  int64_t perm[B], chosen = 0, batches = 0;
+  CHECK(mixer && x);
+  CHECK_OK(mm_module_load(model_path("shared"), &mod));
+  CHECK(plain_forward(mod, x, plain));
+  CHECK_OK(mm_hook_install(mixer, mod, names, 2, &hook));
+  CHECK(batch_forward(mixer, mod, x, out, lam, perm, &chosen));
+  CHECK(max_diff(out, plain, B * C) > 1e-4);
+  CHECK_OK(mm_hook_remove(hook));
+  hook = NULL;
+  /* The module computes what it did before, also in a batch of the same mixer. */
+  CHECK(plain_forward(mod, x, out));
+  CHECK(max_diff(out, plain, B * C) == 0.0);
+  CHECK(batch_forward(mixer, mod, x, out, lam, perm, &chosen));
+  CHECK(chosen == MM_POINT_NONE && max_diff(out, plain, B * C) == 0.0);
+  CHECK_OK(mm_mixer_batches(mixer, &batches));
+  CHECK(batches == 2);
+  /* And can be instrumented again. */
+  CHECK_OK(mm_hook_install(mixer, mod, names, 2, &hook));
+done:
+  mm_hook_remove(hook);
+  mm_module_destroy(mod);
+  mm_mixer_destroy(mixer);
+  mm_tensor_destroy(x);
+}
+
+static void test_second_call_in_a_batch_does_not_mix(void) {
+  mm_module* mod = NULL;
+  mm_mixer* mixer = make_mixer(1.0, 0);
+  mm_hook* hook = NULL;
+  mm_tensor* x = make_input();
+  const char* name = "l";
+  float out[B * C], lam[B];
+  int64_t perm[B], chosen = 0, mixes = 0, repeated = 0;
+  CHECK(mixer && x);
+  CHECK_OK(mm_module_load(model_path("twice"), &mod));
+  CHECK_OK(mm_hook_install(mixer, mod, &name, 1, &hook));
+  CHECK(batch_forward(mixer, mod, x, out, lam, perm, &chosen));
+  CHECK_OK(mm_hook_mix_count(hook, 0, &mixes));
+  CHECK_OK(mm_mixer_repeated_calls(mixer, &repeated));
+  CHECK(mixes == 1 && repeated == 1);
+done:
+  mm_hook_remove(hook);
+  mm_module_destroy(mod);
+  mm_mixer_destroy(mixer);
+  mm_tensor_destroy(x);
+}
+
+/* A few SGD steps with the mixed loss lower it; input mixup counts; the weights change. */
+static void test_training_step(void) {
+  mm_module* mod = NULL;
+  mm_mixer* mixer = make_mixer(0.4, 1);
+  mm_hook* hook = NULL;
+  mm_tensor *x = make_input(), *y = make_targets(), *out = NULL, *loss = NULL;
+  const char* names[] = {"l1", "l2"};
+  double first = 0, last = 0, v = 0;
+  int64_t total = 0, m0 = 0, m1 = 0, inputs = 0, n_tensors = 0, n_elems = 0;
+  CHECK(mixer && x && y);
+  CHECK_OK(mm_module_load(model_path("mlp"), &mod));
+  CHECK_OK(mm_module_parameter_count(mod, &n_tensors, &n_elems));
+  CHECK(n_tensors == 6 && n_elems == 4 * 8 + 8 + 8 * 8 + 8 + 8 * 3 + 3);
+  CHECK_OK(mm_hook_install(mixer, mod, names, 2, &hook));
+  CHECK(train_steps(mixer, mod, x, y, 30, 0.2, &first, &last));
+  CHECK_OK(mm_hook_mix_count(hook, 0, &m0));
+  CHECK_OK(mm_hook_mix_count(hook, 1, &m1));
+  CHECK_OK(mm_mixer_input_mixes(mixer, &inputs));
+  total = m0 + m1 + inputs;
+  CHECK(total == 30 && m0 > 0 && m1 > 0 && inputs > 0);
+  /* Plain loss after training is lower than the first mixed loss. */
+  CHECK_OK(mm_forward(NULL, mod, x, &out));
+  CHECK_OK(mm_cross_entropy(out, y, &loss));
+  CHECK_OK(mm_tensor_item(loss, &v));
+  CHECK(v < first && last < first);
+done:
+  mm_tensor_destroy(out);
+  mm_tensor_destroy(loss);
+  mm_hook_remove(hook);
+  mm_module_destroy(mod);
+  mm_mixer_destroy(mixer);
+  mm_tensor_destroy(x);
+  mm_tensor_destroy(y);
+}
+
+static void test_regression_targets_and_schedule(void) {
+  mm_mixer_config cfg;
+  mm_mixer* mixer = NULL;
+  mm_tensor *t = NULL, *mixed = NULL, *lam_t = NULL, *perm_t = NULL, *loss = NULL;
+  float y[B * C], got[B * C], expect[B * C], lam[B];
+  int64_t perm[B], shape[2] = {B, C};
+  double alpha = -1, v = -1;
+  int i;
+  for (i = 0; i < B * C; ++i) y[i] = (float)i;
+  mm_mixer_config_init(&cfg);
+  cfg.schedule = MM_SCHEDULE_LINEAR;
+  cfg.alpha_min = 0.0;
+  cfg.alpha_max = 1.0;
+  cfg.total_steps = 10;
+  cfg.has_seed = 1;
+  CHECK_OK(mm_mixer_create(&cfg, &mixer));
+  CHECK_OK(mm_mixer_alpha(mixer, &alpha));
+  CHECK(alpha == 0.0);
+  CHECK_OK(mm_mixer_set_step(mixer, 5));
+  CHECK_OK(mm_mixer_alpha(mixer, &alpha));
+  CHECK(fabs(alpha - 0.5) < 1e-12);
+  CHECK_OK(mm_tensor_from_host(y, MM_FLOAT32, shape, 2, &t));
+  CHECK_OK(mm_batch_begin(mixer, B, NULL));
+  CHECK_OK(mm_mix_targets(mixer, t, &mixed));
+  CHECK_OK(mm_batch_weights(mixer, &lam_t, &perm_t));
+  CHECK_OK(mm_tensor_to_host(mixed, got, sizeof got));
+  CHECK_OK(mm_tensor_to_host(lam_t, lam, sizeof lam));
+  CHECK_OK(mm_tensor_to_host(perm_t, perm, sizeof perm));
+  mix_rows(y, lam, perm, expect);
+  CHECK(max_diff(got, expect, B * C) < 1e-4);
+  CHECK_OK(mm_mse_loss(mixed, t, &loss));
+  CHECK_OK(mm_tensor_item(loss, &v));
+  CHECK(v >= 0);
+  CHECK_OK(mm_batch_end(mixer));
+done:
+  mm_tensor_destroy(t);
+  mm_tensor_destroy(mixed);
+  mm_tensor_destroy(lam_t);
+  mm_tensor_destroy(perm_t);
+  mm_tensor_destroy(loss);
+  mm_mixer_destroy(mixer);
+}
+
+static void test_tensors_host_and_dlpack(void) {
+  double data[6] = {1, 2, 3, 4, 5, 6}, back[6] = {0};
+  int64_t shape[2] = {2, 3}, size = 0, numel = 0;
+  mm_tensor *t = NULL, *u = NULL;
+  struct DLManagedTensor* dl = NULL;
+  mm_dtype dt = MM_UINT8;
+  int nd = 0;
+  CHECK_OK(mm_tensor_from_host(data, MM_FLOAT64, shape, 2, &t));
+  CHECK_OK(mm_tensor_ndim(t, &nd));
+  CHECK_OK(mm_tensor_size(t, -1, &size));
+  CHECK_OK(mm_tensor_numel(t, &numel));
+  CHECK_OK(mm_tensor_dtype(t, &dt));
+  CHECK(nd == 2 && size == 3 && numel == 6 && dt == MM_FLOAT64);
+  /* Out through DLPack, back in, and the memory is the same. */
+  CHECK_OK(mm_tensor_to_dlpack(t, &dl));
+  CHECK(dl->dl_tensor.ndim == 2 && dl->dl_tensor.shape[1] == 3 && dl->dl_tensor.dtype.bits == 64);
+  CHECK(((double*)dl->dl_tensor.data)[4] == 5.0);
+  CHECK_OK(mm_tensor_destroy(t));
+  t = NULL;
+  CHECK_OK(mm_tensor_from_dlpack(dl, &u));
+  dl = NULL; /* owned by u now */
+  CHECK_OK(mm_tensor_to_host(u, back, sizeof back));
+  CHECK(memcmp(back, data, sizeof data) == 0);
+done:
+  if (dl) dl->deleter(dl);
+  mm_tensor_destroy(t);
+  mm_tensor_destroy(u);
+}
+
+/* Every misuse returns an error and a message; nothing crashes. */
+static void test_errors(void) {
+  mm_module *mod = NULL, *tup = NULL, *other = NULL;
+  mm_mixer *mixer = make_mixer(0.4, 1), *mixer2 = make_mixer(0.4, 1);
+  mm_hook *hook = NULL, *hook2 = NULL;
+  mm_tensor *x = make_input(), *y = make_targets(), *out = NULL, *loss = NULL, *bad = NULL;
+  mm_mixer_config cfg;
+  const char* unknown[] = {"l2", "layer9.1"};
+  const char* twice[] = {"l1", "l1"};
+  const char* pair = "pair";
+  const char* null_name[] = {NULL};
+  float f = 0, small[3] = {0};
+  int32_t labels32[B] = {0};
+  int64_t shape1[1] = {B}, shape_bad[2] = {B, -1}, bad_labels[B] = {0, 1, 2, 3, 0, 1}, dim = 0;
+  double v;
+  CHECK(mixer && mixer2 && x && y);
+  /* NULLs. */
+  CHECK_STATUS(mm_mixer_create(NULL, &mixer), MM_ERR_NULL);
+  CHECK_MSG("config is NULL");
+  CHECK_STATUS(mm_module_load(NULL, &mod), MM_ERR_NULL);
+  CHECK_STATUS(mm_forward(NULL, NULL, x, &out), MM_ERR_NULL);
+  CHECK_STATUS(mm_hook_install(NULL, NULL, NULL, 0, &hook), MM_ERR_NULL);
+  CHECK_STATUS(mm_tensor_item(NULL, &v), MM_ERR_NULL);
+  CHECK_STATUS(mm_backward(NULL), MM_ERR_NULL);
+  CHECK_STATUS(mm_module_borrow(NULL, &mod), MM_ERR_NULL);
+  CHECK_OK(mm_tensor_destroy(NULL));
+  CHECK_OK(mm_mixer_destroy(NULL));
+  CHECK_OK(mm_module_destroy(NULL));
+  CHECK_OK(mm_hook_remove(NULL));
+  /* Config. */
+  mm_mixer_config_init(&cfg);
+  cfg.size = 8;
+  CHECK_STATUS(mm_mixer_create(&cfg, &mixer), MM_ERR_ARG);
+  CHECK_MSG("config->size");
+  mm_mixer_config_init(&cfg);
+  cfg.alpha = -1;
+  CHECK_STATUS(mm_mixer_create(&cfg, &mixer), MM_ERR_ARG);
+  CHECK_MSG("alpha");
+  mm_mixer_config_init(&cfg);
+  cfg.schedule = MM_SCHEDULE_COSINE; /* total_steps 0 */
+  CHECK_STATUS(mm_mixer_create(&cfg, &mixer), MM_ERR_ARG);
+  CHECK_STATUS(mm_mixer_set_alpha(mixer, NAN), MM_ERR_ARG);
+  /* Files. */
+  CHECK_STATUS(mm_module_load("/nonexistent/model.pt", &mod), MM_ERR_IO);
+  CHECK_MSG("/nonexistent/model.pt");
+  CHECK_STATUS(mm_module_load(model_path("garbage"), &mod), MM_ERR_TORCH);
+  /* Tensors. */
+  CHECK_STATUS(mm_tensor_from_host(&f, (mm_dtype)42, shape1, 1, &bad), MM_ERR_ARG);
+  CHECK_STATUS(mm_tensor_from_host(&f, MM_FLOAT32, shape_bad, 2, &bad), MM_ERR_ARG);
+  CHECK_STATUS(mm_tensor_from_host(NULL, MM_FLOAT32, shape1, 1, &bad), MM_ERR_NULL);
+  CHECK_STATUS(mm_tensor_to_host(x, small, sizeof small), MM_ERR_ARG);
+  CHECK_MSG("bytes");
+  CHECK_STATUS(mm_tensor_item(x, &v), MM_ERR_ARG);
+  CHECK_STATUS(mm_tensor_size(x, 2, &dim), MM_ERR_ARG);
+  /* Install: unknown names (named in the message), tuples, duplicates. */
+  CHECK_OK(mm_module_load(model_path("mlp"), &mod));
+  CHECK_STATUS(mm_hook_install(mixer, mod, unknown, 2, &hook), MM_ERR_NOT_FOUND);
+  CHECK_MSG("layer9.1");
+  CHECK(hook == NULL);
+  CHECK_STATUS(mm_hook_install(mixer, mod, twice, 2, &hook), MM_ERR_ARG);
+  CHECK_STATUS(mm_hook_install(mixer, mod, null_name, 1, &hook), MM_ERR_NULL);
+  CHECK_STATUS(mm_hook_install(mixer, mod, NULL, 2, &hook), MM_ERR_NULL);
+  CHECK_OK(mm_module_load(model_path("tuple"), &tup));
+  CHECK_STATUS(mm_hook_install(mixer, tup, &pair, 1, &hook), MM_ERR_ARG);
+  CHECK_MSG("'pair'");
+  CHECK_MSG("Tensor");
+  /* Out of order. */
+  CHECK_STATUS(mm_batch_end(mixer), MM_ERR_STATE);
+  CHECK_STATUS(mm_forward(mixer, mod, x, &out), MM_ERR_STATE);
+  CHECK_MSG("mm_batch_begin");
+  CHECK_STATUS(mm_mixed_cross_entropy(mixer, x, y, &loss), MM_ERR_STATE);
+  CHECK_STATUS(mm_mix_targets(mixer, x, &out), MM_ERR_STATE);
+  CHECK_STATUS(mm_batch_weights(mixer, &bad, NULL), MM_ERR_STATE);
+  CHECK_STATUS(mm_batch_begin(mixer, 0, NULL), MM_ERR_ARG);
+  CHECK_OK(mm_hook_install(mixer, mod, NULL, 0, &hook));
+  CHECK_STATUS(mm_hook_install(mixer, mod, NULL, 0, &hook2), MM_ERR_STATE); /* one per mixer */
+  CHECK_STATUS(mm_hook_install(mixer2, mod, NULL, 0, &hook2), MM_ERR_STATE); /* types taken */
+  CHECK_MSG("already");
+  CHECK_STATUS(mm_hook_point_name(hook, 7, &unknown[0]), MM_ERR_ARG);
+  CHECK_OK(mm_batch_begin(mixer, B, NULL));
+  CHECK_STATUS(mm_batch_begin(mixer, B, NULL), MM_ERR_STATE);
+  CHECK_STATUS(mm_hook_remove(hook), MM_ERR_STATE);
+  CHECK_OK(mm_module_load(model_path("empty"), &other));
+  CHECK_STATUS(mm_hook_install(mixer2, other, NULL, 0, &hook2), MM_ERR_ARG); /* nothing to mix */
+  CHECK_MSG("pass");
+  mm_module_destroy(other);
+  other = NULL;
+  /* Wrong batch size, dtypes and shapes. */
+  {
+    float x3[3 * D] = {0};
+    int64_t s3[2] = {3, D};
+    CHECK_OK(mm_tensor_from_host(x3, MM_FLOAT32, s3, 2, &bad));
+  }
+  CHECK_STATUS(mm_forward(mixer, mod, bad, &out), MM_ERR_ARG);
+  CHECK_MSG("6 samples");
+  CHECK_OK(mm_forward(mixer, mod, x, &out));
+  CHECK_STATUS(mm_mixed_cross_entropy(mixer, out, x, &loss), MM_ERR_ARG); /* float targets */
+  mm_tensor_destroy(bad);
+  bad = NULL;
+  CHECK_OK(mm_tensor_from_host(labels32, MM_INT32, shape1, 1, &bad));
+  CHECK_STATUS(mm_mixed_cross_entropy(mixer, out, bad, &loss), MM_ERR_ARG);
+  CHECK_MSG("int64");
+  mm_tensor_destroy(bad);
+  bad = NULL;
+  CHECK_OK(mm_tensor_from_host(bad_labels, MM_INT64, shape1, 1, &bad));
+  CHECK_STATUS(mm_mixed_cross_entropy(mixer, out, bad, &loss), MM_ERR_ARG); /* class 3 of 3 */
+  CHECK_MSG("class indices");
+  CHECK_STATUS(mm_mixed_cross_entropy(mixer, y, y, &loss), MM_ERR_ARG);
+  CHECK_STATUS(mm_mix_targets(mixer, y, &bad), MM_ERR_ARG); /* int64 targets */
+  CHECK_STATUS(mm_backward(out), MM_ERR_ARG);               /* not a scalar */
+  CHECK_STATUS(mm_mse_loss(out, x, &loss), MM_ERR_ARG);
+  CHECK_STATUS(mm_sgd_step(mod, -1.0), MM_ERR_ARG);
+  CHECK_STATUS(mm_module_run_method(mod, "no_such_method", x, &loss), MM_ERR_NOT_FOUND);
+  CHECK_OK(mm_batch_end(mixer));
+  /* The loss of a model in eval mode with no grad is still a tensor; backward of a constant
+   * is an error. */
+  CHECK_OK(mm_cross_entropy(out, y, &loss));
+  mm_tensor_destroy(out);
+  out = NULL;
+  {
+    float zero = 0;
+    mm_tensor* c = NULL;
+    CHECK_OK(mm_tensor_from_host(&zero, MM_FLOAT32, NULL, 0, &c));
+    CHECK(mm_backward(c) == MM_ERR_ARG);
+    mm_tensor_destroy(c);
+  }
+  /* A frozen-out-of-order sequence still leaves the library usable. */
+  CHECK_OK(mm_hook_remove(hook));
+  hook = NULL;
+  CHECK_OK(mm_module_load(model_path("mlp"), &other));
+done:
+  mm_hook_remove(hook);
+  mm_hook_remove(hook2);
+  mm_module_destroy(mod);
+  mm_module_destroy(tup);
+  mm_module_destroy(other);
+  mm_mixer_destroy(mixer);
+  mm_mixer_destroy(mixer2);
+  mm_tensor_destroy(x);
+  mm_tensor_destroy(y);
+  mm_tensor_destroy(out);
+  mm_tensor_destroy(loss);
+  mm_tensor_destroy(bad);
+}
+
+/* Handles may be destroyed in any order; the hook keeps what it needs. */
+static void test_destroy_order(void) {
+  mm_module* mod = NULL;
+  mm_mixer* mixer = make_mixer(0.4, 1);
+  mm_hook* hook = NULL;
+  CHECK(mixer);
+  CHECK_OK(mm_module_load(model_path("mlp"), &mod));
+  CHECK_OK(mm_hook_install(mixer, mod, NULL, 0, &hook));
+  CHECK_OK(mm_module_destroy(mod));
+  mod = NULL;
+  CHECK_OK(mm_mixer_destroy(mixer));
+  mixer = NULL;
+  CHECK_OK(mm_hook_remove(hook));
+  hook = NULL;
+done:
+  mm_hook_remove(hook);
+  mm_module_destroy(mod);
+  mm_mixer_destroy(mixer);
+}
+
+static void* fail_in_thread(void* message_out) {
+  mm_tensor_item(NULL, NULL);
+  strncpy((char*)message_out, mm_last_error(), 255);
+  return NULL;
+}
+
+/* mm_last_error is per thread: another thread's failure does not change this thread's. */
+static void test_last_error_is_thread_local(void) {
+  char other[256] = {0};
+  pthread_t thread;
+  CHECK_STATUS(mm_batch_begin(NULL, 1, NULL), MM_ERR_NULL);
+  CHECK_MSG("mm_batch_begin");
+  CHECK(pthread_create(&thread, NULL, fail_in_thread, other) == 0);
+  CHECK(pthread_join(thread, NULL) == 0);
+  CHECK(strstr(other, "mm_tensor_item") != NULL);
+  CHECK_MSG("mm_batch_begin");
+done:;
+}
+
+struct test_case {
+  const char* name;
+  void (*fn)(void);
+};
+
+int main(int argc, char** argv) {
+  static const struct test_case cases[] = {
+      {"version", test_version},
+      {"install_by_name_mixes_only_at_the_point", test_install_by_name_mixes_only_at_the_point},
+      {"layers_before_the_point_are_unchanged", test_layers_before_the_point_are_unchanged},
+      {"alpha_zero_is_the_plain_forward", test_alpha_zero_is_the_plain_forward},
+      {"shared_type_only_the_named_instance_mixes", test_shared_type_only_the_named_instance_mixes},
+      {"install_automatically", test_install_automatically},
+      {"resnet", test_resnet},
+      {"remove_restores", test_remove_restores},
+      {"second_call_in_a_batch_does_not_mix", test_second_call_in_a_batch_does_not_mix},
+      {"training_step", test_training_step},
+      {"regression_targets_and_schedule", test_regression_targets_and_schedule},
+      {"tensors_host_and_dlpack", test_tensors_host_and_dlpack},
+      {"errors", test_errors},
+      {"destroy_order", test_destroy_order},
+      {"last_error_is_thread_local", test_last_error_is_thread_local},
+  };
+  const char* filter = argc > 2 ? argv[2] : "";
+  int failures = 0, run = 0;
+  size_t i;
+  if (argc < 2) {
+    fprintf(stderr, "usage: %s MODEL_DIR [FILTER]\n", argv[0]);
+    return 2;
+  }
+  g_dir = argv[1];
+  for (i = 0; i < sizeof cases / sizeof cases[0]; ++i) {
+    if (!strstr(cases[i].name, filter)) continue;
+    g_case_failed = 0;
+    cases[i].fn();
+    printf("%s %s\n", g_case_failed ? "FAIL" : "ok  ", cases[i].name);
+    failures += g_case_failed;
+    ++run;
+  }
+  printf("%d of %d cases passed\n", run - failures, run);
+  return failures;
+}
