@@ -133,11 +133,13 @@ at::Tensor Mixer::point_output(int64_t point, const at::Tensor& out) {
 
 at::Tensor Mixer::mixed_loss(const at::Tensor& loss_own, const at::Tensor& loss_other) const {
   check_in_batch("mixed_loss");
-  TORCH_CHECK(loss_own.defined() && loss_own.dim() == 1 && loss_own.size(0) == batch_size_,
-              "mixed_loss: loss_own must be a per-sample loss of shape [", batch_size_, "]");
-  TORCH_CHECK(loss_other.defined() && loss_other.dim() == 1 && loss_other.size(0) == batch_size_,
-              "mixed_loss: loss_other must be a per-sample loss of shape [", batch_size_, "]");
-  const auto lam = lam_.to(loss_own.scalar_type());
+  TORCH_CHECK(loss_own.defined() && loss_own.dim() >= 1 && loss_own.size(0) == batch_size_,
+              "mixed_loss: loss_own must be an unreduced loss of shape [", batch_size_, ", ...]");
+  TORCH_CHECK(loss_other.defined() && loss_other.sizes() == loss_own.sizes(),
+              "mixed_loss: loss_other must have loss_own's shape ", loss_own.sizes());
+  std::vector<int64_t> shape(loss_own.dim(), 1);
+  shape[0] = batch_size_;
+  const auto lam = lam_.to(loss_own.scalar_type()).view(shape);
   return lam * loss_own + (1 - lam) * loss_other;
 }
 

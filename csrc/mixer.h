@@ -72,7 +72,8 @@ class Mixer {
   // run yet in this batch; otherwise `out` unchanged (a repeated call is counted, see
   // repeated_calls()).
   at::Tensor point_output(int64_t point, const at::Tensor& out);
-  // Per-sample lam * loss_own + (1 - lam) * loss_other, both of shape [B].
+  // Per-sample lam * loss_own + (1 - lam) * loss_other, both unreduced, of shape [B, ...]
+  // (lam broadcast over the other dimensions, e.g. per-pixel losses).
   at::Tensor mixed_loss(const at::Tensor& loss_own, const at::Tensor& loss_other) const;
   // Per-sample mixed cross-entropy of logits [B, C] against int64 class targets [B]:
   // lam * CE(logits, y) + (1 - lam) * CE(logits, y[perm]); returns [B].

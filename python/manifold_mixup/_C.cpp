@@ -20,6 +20,9 @@ struct PointHook {
 
   py::object operator()(const py::object& module, const py::object& /*args*/,
                         const py::object& output) const {
+    // A module in eval mode is never mixed: inference stays plain even if a hook is left
+    // behind by a fit that raised.
+    if (!module.attr("training").cast<bool>()) return py::none();
     if (THPVariable_Check(output.ptr())) {
       return py::cast(mixer->point_output(index, py::cast<at::Tensor>(output)));
     }

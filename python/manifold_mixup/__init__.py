@@ -1,7 +1,25 @@
-"""Manifold Mixup for PyTorch and fastai, with the mixing done in native code on libtorch."""
+"""Manifold Mixup for PyTorch and fastai, with the mixing done in native code on libtorch.
+
+`from manifold_mixup import *` gives the fastai callbacks (ManifoldMixup, OutputMixup,
+DynamicManifoldMixup, DynamicOutputMixup), ManifoldMixupModule and non_mixable_module_types.
+The op `mix` (torch.ops.manifold_mixup.mix) needs only torch; the callbacks need fastai.
+"""
 import torch  # noqa: F401  (libtorch must be loaded before the extension)
 
 from . import _C
 from .ops import mix
+from .selection import ManifoldMixupModule, non_mixable_module_types
 
 __version__ = "0.1.0"
+__all__ = ["ManifoldMixup", "OutputMixup", "DynamicManifoldMixup", "DynamicOutputMixup",
+           "ManifoldMixupModule", "non_mixable_module_types", "mix"]
+
+_CALLBACKS = {"ManifoldMixup", "OutputMixup", "DynamicManifoldMixup", "DynamicOutputMixup"}
+
+
+def __getattr__(name):
+    # The callbacks import fastai, which C/C++ users of the op may not have: load on first use.
+    if name in _CALLBACKS:
+        from . import callbacks
+        return getattr(callbacks, name)
+    raise AttributeError(f"module 'manifold_mixup' has no attribute {name!r}")

@@ -1,0 +1,429 @@
+"""The fastai callbacks with a real fastai Learner on small data (sklearn digits), on CPU."""
+import copy
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from fastai.basics import (CancelFitException, Callback, CrossEntropyLossFlat, DataLoaders,
+                           Datasets, Learner, MSELossFlat, accuracy, load_learner, set_seed)
+import fastai.callback.fp16  # noqa: F401  (adds Learner.to_fp16, to_bf16)
+from fastai.callback.schedule import SchedCos, SchedLin, SchedPoly  # also adds fit_one_cycle, lr_find
+from sklearn.datasets import load_digits
+
+from manifold_mixup import (DynamicManifoldMixup, DynamicOutputMixup, ManifoldMixup,
+                            ManifoldMixupModule, OutputMixup, non_mixable_module_types)
+from manifold_mixup import _C
+from manifold_mixup.selection import select_modules
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        return F.relu(x + self.bn(self.conv(x)))
+
+
+def cnn(n_out=10):
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), ResBlock(8), ResBlock(8),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, n_out))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    d = load_digits()
+    x = torch.tensor(d.images / 16.0, dtype=torch.float32)[:, None]
+    return x[:384], torch.tensor(d.target)[:384]
+
+
+class Lookup:
+    "Item transform i -> t[i] (a class, so that learn.export() can pickle the data pipeline)."
+
+    def __init__(self, t):
+        self.t = t
+
+    def __call__(self, i):
+        return self.t[i]
+
+
+def make_dls(x, y, bs=32, n_train=256):
+    splits = [list(range(n_train)), list(range(n_train, len(x)))]
+    return Datasets(range(len(x)), tfms=[[Lookup(x)], [Lookup(y)]], splits=splits).dataloaders(bs=bs)
+
+
+@pytest.fixture
+def dls(digits):
+    return make_dls(*digits)
+
+
+def learner(dls, cbs=(), model=None, loss=None):
+    set_seed(0, reproducible=True)
+    return Learner(dls, model or cnn(), loss_func=loss or CrossEntropyLossFlat(), metrics=accuracy,
+                   cbs=list(cbs))
+
+
+def hooks_left(model):
+    return sum(len(m._forward_hooks) for m in model.modules())
+
+
+ALL = [ManifoldMixup, OutputMixup, DynamicManifoldMixup, DynamicOutputMixup]
+
+
+class Spy(Callback):
+    "Runs after the mixup callbacks; records what they left on the learner each batch."
+    order, run_valid = 50, False
+
+    def __init__(self, cb):
+        self.cb, self.rows = cb, []
+
+    def before_batch(self):
+        m = self.cb.mixer
+        self.rows.append(dict(pct=self.pct_train, alpha=m.alpha, chosen=m.chosen, lam=m.lam.clone(),
+                              perm=m.perm.clone(), yb=[y.clone() for y in self.yb]))
+
+
+class CancelAt(Callback):
+    "Cancels the fit at the given training iteration."
+    order, run_valid = 60, False
+
+    def __init__(self, it):
+        self.it = it
+
+    def after_batch(self):
+        if self.iter == self.it:
+            raise CancelFitException()
+
+
+@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
+def test_every_callback_fits_restores_loss_and_leaves_no_hook(dls, cls):
+    cb = cls()
+    learn = learner(dls, [cb])
+    original = learn.loss_func
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(2, 3e-3)
+    assert learn.loss_func is original
+    assert hooks_left(learn.model) == 0
+    assert not cb.mixer.in_batch
+    assert getattr(learn, cb.name) is cb  # fastai's naming: learn.manifold_mixup, ...
+    assert cb.name == {"ManifoldMixup": "manifold_mixup", "OutputMixup": "output_mixup",
+                       "DynamicManifoldMixup": "dynamic_manifold_mixup",
+                       "DynamicOutputMixup": "dynamic_output_mixup"}[cls.__name__]
+    assert all(torch.isfinite(torch.tensor(v[:2])).all() for v in learn.recorder.values)
+
+
+@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
+def test_validation_and_predictions_are_the_plain_models(dls, cls):
+    learn = learner(dls, [cls(alpha=1.0) if "Dynamic" not in cls.__name__ else cls(alpha_min=1.0)])
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1, 3e-3)
+        plain = learner(dls, model=copy.deepcopy(learn.model))
+        assert list(learn.validate()) == pytest.approx(list(plain.validate()), rel=1e-6)
+        preds, _ = learn.get_preds()
+        plain_preds, _ = plain.get_preds()
+    torch.testing.assert_close(preds, plain_preds)
+    x, _ = dls.valid.one_batch()
+    learn.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(F.softmax(learn.model(x), 1), preds[: len(x)])
+
+
+@pytest.mark.parametrize("cls", [ManifoldMixup, OutputMixup])
+def test_cancelled_fit_restores_loss_and_removes_hooks(dls, cls):
+    cb = cls(alpha=1.0)
+    learn = learner(dls, [cb, CancelAt(2)])
+    original = learn.loss_func
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(3, 3e-3)
+    assert learn.train_iter == 3  # cancelled after three batches
+    assert learn.loss_func is original and hooks_left(learn.model) == 0
+    assert not cb.mixer.in_batch
+
+
+def test_exactly_one_point_mixes_per_training_batch(dls):
+    cb = ManifoldMixup(alpha=0.4)
+    learn = learner(dls, [cb])
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(3, 3e-3)
+    n_batches = 3 * len(dls.train)
+    assert cb.mixer.batches == n_batches
+    assert sum(cb.mixer.point_mixes) + cb.mixer.input_mixes == n_batches
+    assert all(c > 0 for c in cb.mixer.point_mixes) and cb.mixer.input_mixes > 0
+    assert [type(m) for m in cb.module_list] == [ResBlock, ResBlock]
+
+
+def test_mixing_changes_the_chosen_module_output_only(dls):
+    "With a point chosen, that module's output is lam*h + (1-lam)*h[perm]; the input is not."
+    model = cnn()
+    block = model[2]
+    cb = ManifoldMixup(alpha=1.0, use_input_mixup=False, module_list=[block])
+    seen = {}
+
+    class Probe(Callback):
+        order, run_valid = 50, False
+
+        def before_batch(self):
+            self.h = block.register_forward_hook(lambda m, i, o: seen.update(out=o, inp=i[0]))
+
+        def after_pred(self):
+            self.h.remove()
+
+    learn = learner(dls, [cb, Probe()], model=model)
+    x, _ = dls.train.one_batch()
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1, 0.0)  # lr 0: weights stay, so the block can be recomputed
+    # Our hook runs first (registered in before_batch, order 0), Probe's sees the mixed output.
+    block.eval(); block.train()
+    lam, perm = cb.mixer.lam, cb.mixer.perm
+    with torch.no_grad():
+        h = block(seen["inp"])
+        expected = lam.view(-1, 1, 1, 1) * h + (1 - lam.view(-1, 1, 1, 1)) * h[perm]
+    torch.testing.assert_close(seen["out"], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_alpha_zero_means_no_mixing_for_every_callback(dls):
+    for cb in (ManifoldMixup(alpha=0), OutputMixup(alpha=0),
+               DynamicManifoldMixup(alpha_min=0, alpha_max=0),
+               DynamicOutputMixup(alpha_min=0, alpha_max=0)):
+        learn = learner(dls, [cb])
+        with learn.no_bar(), learn.no_logging():
+            learn.fit(1, 3e-3)
+        assert sum(cb.mixer.point_mixes) + getattr(cb.mixer, "input_mixes", 0) == 0, type(cb)
+
+
+@pytest.mark.parametrize("sched", [SchedLin, SchedCos, SchedPoly], ids=["lin", "cos", "poly"])
+def test_alpha_follows_the_scheduler(dls, sched):
+    if sched is SchedPoly:
+        sched = lambda a, b: SchedPoly(a, b, 2.0)  # noqa: E731
+    cb = DynamicManifoldMixup(alpha_min=0.1, alpha_max=0.9, scheduler=sched)
+    spy = Spy(cb)
+    learn = learner(dls, [cb, spy])
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(2, 3e-3)
+    f = sched(0.1, 0.9)
+    pcts = [r["pct"] for r in spy.rows]
+    assert pcts[0] == 0 and 0.9 < pcts[-1] < 1
+    for r in spy.rows:
+        assert r["alpha"] == pytest.approx(float(f(r["pct"])))
+    assert spy.rows[0]["alpha"] == pytest.approx(0.1)
+
+
+def test_schedule_starting_at_zero_does_not_crash_and_skips_mixing_there(dls):
+    cb = DynamicOutputMixup(alpha_min=0.0, alpha_max=0.6, scheduler=SchedCos)
+    spy = Spy(cb)
+    learn = learner(dls, [cb, spy])
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1, 3e-3)
+    assert spy.rows[0]["alpha"] == 0 and spy.rows[0]["chosen"] == _C.Mixer.NO_POINT
+    assert torch.equal(spy.rows[0]["lam"], torch.ones_like(spy.rows[0]["lam"]))
+    assert sum(cb.mixer.point_mixes) == len(dls.train) - 1
+
+
+def test_dynamic_refuses_alpha_and_names_alpha_max():
+    for cls in (DynamicManifoldMixup, DynamicOutputMixup):
+        with pytest.raises(TypeError, match="alpha_max"):
+            cls(alpha=0.5)
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf")])
+def test_bad_alpha_is_refused(bad):
+    with pytest.raises(ValueError, match="alpha must be a finite number >= 0"):
+        ManifoldMixup(alpha=bad)
+    with pytest.raises(ValueError, match="alpha_max must be"):
+        DynamicManifoldMixup(alpha_max=bad)
+
+
+def test_output_mixup_refuses_regression(digits):
+    x, y = digits
+    dls = make_dls(x, y.float()[:, None])
+    learn = Learner(dls, cnn(n_out=1), loss_func=MSELossFlat(), cbs=[OutputMixup()])
+    with pytest.raises(ValueError, match="OutputMixup needs a classification loss"):
+        with learn.no_bar(), learn.no_logging():
+            learn.fit(1)
+
+
+def test_regression_targets_are_mixed(digits):
+    x, y = digits
+    dls = make_dls(x, y.float()[:, None])
+    cb = ManifoldMixup(alpha=1.0)
+    spy = Spy(cb)
+    learn = Learner(dls, cnn(n_out=1), loss_func=MSELossFlat(), cbs=[cb, spy])
+    original_targets = []
+
+    class Before(Callback):
+        order, run_valid = -5, False
+
+        def before_batch(self):
+            original_targets.append(self.yb[0].clone())
+
+    learn.add_cb(Before())
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1, 1e-3)
+    assert learn.loss_func.__class__.__name__ == "BaseLoss"  # not wrapped for regression
+    for y0, r in zip(original_targets, spy.rows):
+        lam = r["lam"].view(-1, 1)
+        torch.testing.assert_close(r["yb"][0], lam * y0 + (1 - lam) * y0[r["perm"]])
+
+
+def test_same_seed_same_run(digits):
+    def run():
+        set_seed(0, reproducible=True)
+        learn = learner(make_dls(*digits), [ManifoldMixup()])
+        with learn.no_bar(), learn.no_logging():
+            learn.fit(2, 3e-3)
+        return learn.recorder.values
+
+    assert run() == run()
+
+
+# --- selection ---------------------------------------------------------------------------
+
+def test_selection_wrapped_modules_win_over_blocks():
+    model = nn.Sequential(ManifoldMixupModule(nn.Conv2d(1, 4, 3)), ResBlock(4))
+    lines = []
+    chosen = select_modules(model, log=lines.append)
+    assert chosen == [model[0]] and "ManifoldMixupModule" in lines[0]
+    x = torch.randn(2, 1, 5, 5)
+    torch.testing.assert_close(model[0](x), model[0].module(x))  # transparent
+
+
+def test_selection_blocks_then_every_mixable_module():
+    lines = []
+    model = cnn()
+    assert select_modules(model, log=lines.append) == [model[2], model[3]]
+    assert "Block" in lines[0] and "2 modules" in lines[0]
+    plain = nn.Sequential(nn.Linear(4, 4), nn.Dropout(), nn.BatchNorm1d(4), nn.ReLU())
+    assert select_modules(plain, log=lines.append) == [plain[0], plain[3]]
+
+
+def test_selection_explicit_module_list_and_user_types():
+    model = cnn()
+    assert select_modules(model, [model[0]], log=lambda s: None) == [model[0]]
+    plain = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    non_mixable_module_types.append(nn.ReLU)
+    try:
+        assert select_modules(plain, log=lambda s: None) == [plain[0]]
+    finally:
+        non_mixable_module_types.remove(nn.ReLU)
+
+
+def test_selection_error_when_nothing_is_eligible(dls):
+    model = nn.Sequential(nn.Sequential(nn.Dropout()), nn.BatchNorm1d(3))
+    with pytest.raises(ValueError, match="ManifoldMixupModule.*module_list"):
+        select_modules(model, log=lambda s: None)
+    with pytest.raises(TypeError, match="module_list must hold nn.Module"):
+        select_modules(model, ["conv"], log=lambda s: None)
+
+
+def test_selection_tabular_model_linear_layers_and_integer_input():
+    from fastai.tabular.model import TabularModel
+    g = torch.Generator().manual_seed(0)
+    n = 192
+    cats = torch.randint(0, 5, (n, 2), generator=g)
+    conts = torch.randn(n, 3, generator=g)
+    y = ((conts[:, 0] > 0) ^ (cats[:, 0] > 2)).long()
+    items = list(zip(cats, conts, y))
+    dls = DataLoaders.from_dsets(items[:128], items[128:], bs=32)
+    model = TabularModel(emb_szs=[(5, 3), (5, 3)], n_cont=3, out_sz=2, layers=[16, 8])
+    cb = ManifoldMixup(alpha=1.0)
+    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), cbs=[cb])
+    with pytest.warns(UserWarning, match="input is left out") as record, learn.no_bar(), learn.no_logging():
+        learn.fit(1, 1e-2)
+    assert sum("input is left out" in str(w.message) for w in record) == 1
+    assert all(isinstance(m, nn.Linear) for m in cb.module_list) and len(cb.module_list) == 3
+    assert cb.mixer.input_mixes == 0 and sum(cb.mixer.point_mixes) == len(dls.train)
+
+
+def test_selection_dynamic_unet_blocks():
+    pytest.importorskip("torchvision")
+    from fastai.vision.models.unet import DynamicUnet, UnetBlock
+    encoder = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
+                            nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU())
+    model = DynamicUnet(encoder, n_out=2, img_size=(32, 32))
+    chosen = select_modules(model, log=lambda s: None)
+    assert chosen and all(isinstance(m, UnetBlock) for m in chosen)
+
+
+def test_selection_never_imports_vision_or_text():
+    import subprocess
+    import sys
+    code = ("import sys, torch.nn as nn; from manifold_mixup.selection import select_modules; "
+            "select_modules(nn.Sequential(nn.Linear(2, 2)), log=lambda s: None); "
+            "import manifold_mixup.callbacks; "
+            "bad = [m for m in ('fastai.vision', 'fastai.text', 'torchvision', 'spacy') if m in sys.modules]; "
+            "sys.exit(1 if bad else 0)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_module_called_twice_warns_once_per_fit(dls):
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.shared, self.head = nn.Conv2d(1, 4, 3, padding=1), ResBlock(4), nn.Linear(4, 10)
+
+        def forward(self, x):
+            h = self.shared(self.shared(self.stem(x)))
+            return self.head(h.mean((2, 3)))
+
+    model = Twice()
+    cb = ManifoldMixup(alpha=1.0, use_input_mixup=False, module_list=[model.shared])
+    learn = learner(dls, [cb], model=model)
+    with pytest.warns(UserWarning, match="ran more than once") as record, learn.no_bar(), learn.no_logging():
+        learn.fit(2, 3e-3)
+    assert sum("ran more than once" in str(w.message) for w in record) == 1
+    assert cb.mixer.repeated_calls == 2 * len(dls.train)
+    assert cb.mixer.point_mixes == [2 * len(dls.train)]
+
+
+# --- workflows reported broken with mixup callbacks -----------------------------------------
+
+@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("precision", ["to_fp16", "to_bf16"])
+def test_mixed_precision(dls, cls, precision):
+    cb = cls()
+    learn = getattr(learner(dls, [cb]), precision)()
+    with learn.no_bar(), learn.no_logging(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # autocast on CPU may warn about fp16
+        learn.fit(1, 3e-3)
+    assert sum(cb.mixer.point_mixes) + cb.mixer.input_mixes > 0
+    assert all(torch.isfinite(torch.tensor(learn.recorder.values[-1][:2])))
+
+
+@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
+def test_lr_find_fit_one_cycle_get_preds_then_fit_again_and_reuse(dls, cls):
+    cb = cls()
+    learn = learner(dls, [cb])
+    original = learn.loss_func
+    with learn.no_bar(), learn.no_logging():
+        suggestion = learn.lr_find(num_it=10, show_plot=False)
+        assert suggestion.valley > 0
+        assert learn.loss_func is original and hooks_left(learn.model) == 0
+        learn.fit_one_cycle(1, 3e-3)
+        learn.get_preds()
+        learn.fit(1, 1e-3)
+        first = cb.mixer
+        learn.fit(1, 1e-3)  # the same callback object, a second fit
+    assert cb.mixer is not first and cb.mixer.batches == len(dls.train)
+    assert learn.loss_func is original and hooks_left(learn.model) == 0
+
+
+@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
+def test_export_then_load_learner(dls, cls, tmp_path):
+    learn = learner(dls, [cls()])
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1, 3e-3)
+    learn.path = tmp_path
+    learn.export("model.pkl")
+    loaded = load_learner(tmp_path / "model.pkl")
+    x, _ = dls.valid.one_batch()
+    learn.model.eval(), loaded.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), learn.model(x))
+    cb = getattr(loaded, cls().name)
+    assert isinstance(cb, cls) and cb.mixer is None
+    loaded.dls = dls
+    with loaded.no_bar(), loaded.no_logging():
+        loaded.fit(1, 1e-3)  # the loaded callback builds its native state again
+    assert cb.mixer.batches == len(dls.train)
