@@ -48,9 +48,11 @@ class _MixupCallback(Callback):
         if not self._set_up:
             self._set_up = True
             self._setup()
-        self.stack_y = bool(getattr(self.learn.loss_func, "y_int", False))
-        if self.stack_y and self.learn.loss_func != self._loss_func:  # (a fit that raised)
-            self._old_lf, self.learn.loss_func = self.learn.loss_func, self._loss_func
+        if self.learn.loss_func != self._loss_func:  # still wrapped if a fit raised
+            self._old_lf = self.learn.loss_func
+        self.stack_y = bool(getattr(self._old_lf, "y_int", False))
+        if self.stack_y:
+            self.learn.loss_func = self._loss_func
 
     def after_train(self):
         self._end_batch()

@@ -427,3 +427,27 @@ def test_export_then_load_learner(dls, cls, tmp_path):
     with loaded.no_bar(), loaded.no_logging():
         loaded.fit(1, 1e-3)  # the loaded callback builds its native state again
     assert cb.mixer.batches == len(dls.train)
+
+
+def test_a_fit_that_raises_leaves_a_harmless_loss_that_the_next_fit_restores(dls):
+    class Boom(Callback):
+        order, run_valid = 60, False
+
+        def after_batch(self):
+            if self.iter == 1:
+                raise RuntimeError("boom")
+
+    cb = ManifoldMixup(alpha=1.0)
+    learn = learner(dls, [cb])
+    original = learn.loss_func
+    with learn.no_bar(), learn.no_logging():
+        with pytest.raises(RuntimeError, match="boom"):
+            learn.fit(1, 3e-3, cbs=[Boom()])
+        x, y = dls.valid.one_batch()
+        learn.model.eval()
+        with torch.no_grad():
+            pred = learn.model(x)
+            assert torch.equal(learn.loss_func(pred, y), original(pred, y))
+        learn.fit(1, 3e-3)
+    assert learn.loss_func is original and hooks_left(learn.model) == 0
+    assert sum(cb.mixer.point_mixes) + cb.mixer.input_mixes == len(dls.train)
