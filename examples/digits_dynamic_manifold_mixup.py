@@ -1,0 +1,11 @@
+"""DynamicManifoldMixup on scikit-learn's digits: alpha grows from 0 to 0.6 along a cosine."""
+from fastai.basics import *
+from manifold_mixup.dynamic_mixup import *
+
+from _digits import digits_dls, residual_cnn
+
+data, model = digits_dls(), residual_cnn()
+learner = Learner(data, model, loss_func=CrossEntropyLossFlat(), metrics=accuracy,
+                  cbs=DynamicManifoldMixup(alpha_min=0.0, alpha_max=0.6, scheduler=SchedCos))
+learner.fit(8)
+print(f"alpha at the end of training: {learner.dynamic_manifold_mixup.alpha:.3f}")
