@@ -354,7 +354,9 @@ def test_selection_never_imports_vision_or_text():
             "import manifold_mixup.callbacks; "
             "bad = [m for m in ('fastai.vision', 'fastai.text', 'torchvision', 'spacy') if m in sys.modules]; "
             "sys.exit(1 if bad else 0)")
-    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    from pathlib import Path
+    env = dict(__import__("os").environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "python"))
+    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
 
 
 def test_module_called_twice_warns_once_per_fit(dls):
