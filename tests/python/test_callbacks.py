@@ -1,6 +1,8 @@
 """The fastai callbacks with a real fastai Learner on small data (sklearn digits), on CPU."""
 import copy
+import os
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -354,8 +356,7 @@ def test_selection_never_imports_vision_or_text():
             "import manifold_mixup.callbacks; "
             "bad = [m for m in ('fastai.vision', 'fastai.text', 'torchvision', 'spacy') if m in sys.modules]; "
             "sys.exit(1 if bad else 0)")
-    from pathlib import Path
-    env = dict(__import__("os").environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "python"))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "python"))
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
 
 
