@@ -7,6 +7,7 @@
 #include <ATen/DLConvertor.h>
 #include <ATen/dlpack.h>
 #include <torch/csrc/autograd/autograd.h>
+#include <torch/cuda.h>
 #include <torch/csrc/jit/serialization/import.h>
 
 #include <cmath>
@@ -112,6 +113,29 @@ bool to_mm_dtype(at::ScalarType s, mm_dtype* out) {
 }
 
 mm_tensor* new_tensor(at::Tensor t) { return new mm_tensor{std::move(t)}; }
+
+// "cpu", "cuda" or "cuda:N", checked against what libtorch can reach here.
+at::Device parse_device(const char* device, const char* fn) {
+  require(device != nullptr, MM_ERR_NULL, fn, ": device is NULL");
+  const auto bad = [&] {
+    fail(MM_ERR_ARG, c10::str(fn, ": device must be \"cpu\" or \"cuda[:N]\", got \"", device, "\""));
+  };
+  at::Device d = at::kCPU;
+  try {
+    d = at::Device(std::string(device));
+  } catch (const c10::Error&) {
+    bad();
+  }
+  if (!d.is_cpu() && !d.is_cuda()) bad();
+  if (d.is_cuda()) {
+    const int64_t n = static_cast<int64_t>(torch::cuda::device_count());
+    require(n > 0, MM_ERR_ARG, fn, ": device \"", device, "\" asked for, but libtorch sees no CUDA ",
+            "GPU here (no GPU, or a libtorch built without CUDA)");
+    require(!d.has_index() || d.index() < n, MM_ERR_ARG, fn, ": device \"", device, "\" asked for, ",
+            "but there are ", n, " CUDA devices");
+  }
+  return d;
+}
 
 const Mixer& in_batch(const mm_mixer* m, const char* fn) {
   require(m->mixer->in_batch(), MM_ERR_STATE, fn, ": no batch has begun (call mm_batch_begin first)");
@@ -297,6 +321,16 @@ mm_status mm_tensor_destroy(mm_tensor* tensor) {
   return MM_OK;
 }
 
+mm_status mm_tensor_to_device(const mm_tensor* tensor, const char* device, mm_tensor** out) {
+  const char* const fn = __func__;
+  return guard(fn, [&] {
+    MM_REQUIRE_NONNULL(tensor);
+    MM_REQUIRE_NONNULL(out);
+    const at::Device d = parse_device(device, fn);
+    *out = new_tensor(tensor->t.to(d, /*non_blocking=*/false, /*copy=*/true));
+  });
+}
+
 // ---- the mixer ---------------------------------------------------------------------------
 
 mm_status mm_mixer_config_init(mm_mixer_config* config) {
@@ -379,15 +413,29 @@ MM_COUNTER(mm_mixer_input_mixes, input_mixes)
 MM_COUNTER(mm_mixer_repeated_calls, repeated_calls)
 #undef MM_COUNTER
 
+namespace {
+void begin_batch(mm_mixer* mixer, int64_t batch_size, at::Device device, int64_t* chosen,
+                 const char* fn) {
+  MM_REQUIRE_NONNULL(mixer);
+  require(!mixer->mixer->in_batch(), MM_ERR_STATE, fn,
+          ": the previous batch has not ended (call mm_batch_end first)");
+  require(batch_size >= 1, MM_ERR_ARG, fn, ": batch_size must be >= 1, got ", batch_size);
+  const int64_t c = mixer->mixer->begin_batch(batch_size, device);
+  if (chosen) *chosen = c;
+}
+}  // namespace
+
 mm_status mm_batch_begin(mm_mixer* mixer, int64_t batch_size, int64_t* chosen) {
+  const char* const fn = __func__;
+  return guard(fn, [&] { begin_batch(mixer, batch_size, at::kCPU, chosen, fn); });
+}
+
+mm_status mm_batch_begin_on(mm_mixer* mixer, int64_t batch_size, const char* device,
+                            int64_t* chosen) {
   const char* const fn = __func__;
   return guard(fn, [&] {
     MM_REQUIRE_NONNULL(mixer);
-    require(!mixer->mixer->in_batch(), MM_ERR_STATE, fn,
-            ": the previous batch has not ended (call mm_batch_end first)");
-    require(batch_size >= 1, MM_ERR_ARG, fn, ": batch_size must be >= 1, got ", batch_size);
-    const int64_t c = mixer->mixer->begin_batch(batch_size, at::kCPU);
-    if (chosen) *chosen = c;
+    begin_batch(mixer, batch_size, parse_device(device, fn), chosen, fn);
   });
 }
 
@@ -450,6 +498,14 @@ mm_status mm_module_save(const mm_module* module, const char* path) {
     if (FILE* f = std::fopen(path, "wb")) std::fclose(f);
     else fail(MM_ERR_IO, c10::str(fn, ": cannot write '", path, "': ", std::strerror(errno)));
     module->module.save(path);
+  });
+}
+
+mm_status mm_module_to_device(mm_module* module, const char* device) {
+  const char* const fn = __func__;
+  return guard(fn, [&] {
+    MM_REQUIRE_NONNULL(module);
+    module->module.to(parse_device(device, fn));
   });
 }
 

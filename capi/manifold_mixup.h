@@ -24,7 +24,8 @@
  *   - Strings returned as `const char*` are owned by the library; their lifetime is stated.
  *   - Handles may be used from any thread, but one handle must not be used by two threads
  *     at the same time.
- *   - Tensors live on the CPU (libtorch's device of the tensors the host gives).
+ *   - Tensors and modules start on the CPU; mm_tensor_to_device and mm_module_to_device move
+ *     them to a CUDA device, and mm_batch_begin_on begins a batch there.
  */
 #ifndef MANIFOLD_MIXUP_H
 #define MANIFOLD_MIXUP_H
@@ -138,6 +139,11 @@ MM_API mm_status mm_tensor_to_dlpack(const mm_tensor* tensor, struct DLManagedTe
 /* Frees the handle (the memory goes when nothing else shares it). NULL is a no-op. */
 MM_API mm_status mm_tensor_destroy(mm_tensor* tensor);
 
+/* A copy of `tensor` on `device` ("cpu", "cuda", "cuda:1"), owned by the caller. Errors:
+ * MM_ERR_NULL, MM_ERR_ARG (a device string that is not "cpu" or "cuda[:N]", or CUDA asked
+ * for where libtorch sees no GPU). mm_tensor_to_host copies back from any device. */
+MM_API mm_status mm_tensor_to_device(const mm_tensor* tensor, const char* device, mm_tensor** out);
+
 /* ---- the mixer ------------------------------------------------------------------------- */
 
 typedef struct mm_mixer mm_mixer;
@@ -202,6 +208,13 @@ MM_API mm_status mm_mixer_repeated_calls(const mm_mixer* mixer, int64_t* count);
  * MM_ERR_STATE (a batch has begun and not ended). */
 MM_API mm_status mm_batch_begin(mm_mixer* mixer, int64_t batch_size, int64_t* chosen);
 
+/* mm_batch_begin for a batch whose tensors live on `device` ("cpu", "cuda", "cuda:1"): the
+ * weights and permutation are drawn there, so mixing needs no copy. Errors: as
+ * mm_batch_begin, plus MM_ERR_NULL (device) and MM_ERR_ARG (a device string that is not
+ * "cpu" or "cuda[:N]", or CUDA asked for where libtorch sees no GPU). */
+MM_API mm_status mm_batch_begin_on(mm_mixer* mixer, int64_t batch_size, const char* device,
+                                   int64_t* chosen);
+
 /* Copies of the batch's weights (float32 [B]) and permutation (int64 [B]) as new tensors;
  * either output may be NULL. Errors: MM_ERR_NULL (mixer), MM_ERR_STATE (no batch). */
 MM_API mm_status mm_batch_weights(const mm_mixer* mixer, mm_tensor** lam, mm_tensor** perm);
@@ -234,6 +247,11 @@ MM_API mm_status mm_module_destroy(mm_module* module);
 /* Saves the module as TorchScript. Save after mm_hook_remove: a module saved with points
  * installed needs this library to load. Errors: MM_ERR_NULL, MM_ERR_IO, MM_ERR_TORCH. */
 MM_API mm_status mm_module_save(const mm_module* module, const char* path);
+
+/* Moves the module's parameters and buffers to `device` ("cpu", "cuda", "cuda:1"); its
+ * inputs must then live there too (mm_tensor_to_device) and batches begin there
+ * (mm_batch_begin_on). Errors: MM_ERR_NULL, MM_ERR_ARG (device, as mm_batch_begin_on). */
+MM_API mm_status mm_module_to_device(mm_module* module, const char* device);
 
 /* Training mode (nonzero) or evaluation mode (0), for the module and its submodules. */
 MM_API mm_status mm_module_train(mm_module* module, int on);

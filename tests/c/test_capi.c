@@ -667,6 +667,67 @@ struct test_case {
   void (*fn)(void);
 };
 
+/* Devices: "cpu" works everywhere; a bad string and NULL are refused; "cuda" either trains a
+ * step on the GPU (where libtorch sees one) or is refused with a message saying why. */
+static void test_devices(void) {
+  mm_mixer* mixer = make_mixer(0.4, 1);
+  mm_module* mod = NULL;
+  mm_tensor *x = make_input(), *y = make_targets(), *xd = NULL, *yd = NULL, *logits = NULL,
+            *loss = NULL;
+  mm_hook* hook = NULL;
+  const char* name = "l2";
+  float back[B * D], orig[B * D];
+  int64_t chosen = 0;
+  double value = 0;
+  int i;
+  CHECK(mixer && x && y);
+  CHECK_OK(mm_tensor_to_device(x, "cpu", &xd));
+  CHECK_OK(mm_tensor_to_host(xd, back, sizeof back));
+  CHECK_OK(mm_tensor_to_host(x, orig, sizeof orig));
+  for (i = 0; i < B * D; ++i) CHECK(back[i] == orig[i]);
+  mm_tensor_destroy(xd);
+  xd = NULL;
+  CHECK_STATUS(mm_tensor_to_device(x, "gpu0", &xd), MM_ERR_ARG);
+  CHECK_MSG("mm_tensor_to_device");
+  CHECK_STATUS(mm_tensor_to_device(x, NULL, &xd), MM_ERR_NULL);
+  CHECK_STATUS(mm_batch_begin_on(mixer, B, "tpu", &chosen), MM_ERR_ARG);
+  CHECK_STATUS(mm_batch_begin_on(NULL, B, "cpu", &chosen), MM_ERR_NULL);
+  CHECK_OK(mm_batch_begin_on(mixer, B, "cpu", &chosen));
+  CHECK_OK(mm_batch_end(mixer));
+  CHECK_OK(mm_module_load(model_path("mlp"), &mod));
+  CHECK_STATUS(mm_module_to_device(mod, "somewhere"), MM_ERR_ARG);
+  CHECK_OK(mm_module_to_device(mod, "cpu"));
+  if (mm_tensor_to_device(x, "cuda", &xd) != MM_OK) {
+    CHECK(strstr(mm_last_error(), "no CUDA") != NULL); /* this machine has no GPU */
+    CHECK_STATUS(mm_batch_begin_on(mixer, B, "cuda", &chosen), MM_ERR_ARG);
+    CHECK_STATUS(mm_module_to_device(mod, "cuda"), MM_ERR_ARG);
+    goto done;
+  }
+  /* One mixed training step on the GPU. */
+  CHECK_OK(mm_tensor_to_device(y, "cuda", &yd));
+  CHECK_OK(mm_module_to_device(mod, "cuda"));
+  CHECK_OK(mm_hook_install(mixer, mod, &name, 1, &hook));
+  CHECK_OK(mm_batch_begin_on(mixer, B, "cuda", &chosen));
+  CHECK_OK(mm_forward(mixer, mod, xd, &logits));
+  CHECK_OK(mm_mixed_cross_entropy(mixer, logits, yd, &loss));
+  CHECK_OK(mm_module_zero_grad(mod));
+  CHECK_OK(mm_backward(loss));
+  CHECK_OK(mm_sgd_step(mod, 0.1));
+  CHECK_OK(mm_batch_end(mixer));
+  CHECK_OK(mm_tensor_item(loss, &value));
+  CHECK(isfinite(value) && value > 0);
+done:
+  mm_hook_remove(hook);
+  mm_tensor_destroy(loss);
+  mm_tensor_destroy(logits);
+  mm_tensor_destroy(yd);
+  mm_tensor_destroy(xd);
+  mm_tensor_destroy(y);
+  mm_tensor_destroy(x);
+  mm_module_destroy(mod);
+  mm_mixer_destroy(mixer);
+}
+
 int main(int argc, char** argv) {
   static const struct test_case cases[] = {
       {"version", test_version},
@@ -684,6 +745,7 @@ int main(int argc, char** argv) {
       {"errors", test_errors},
       {"destroy_order", test_destroy_order},
       {"last_error_is_thread_local", test_last_error_is_thread_local},
+      {"devices", test_devices},
   };
   const char* filter = argc > 2 ? argv[2] : "";
   int failures = 0, run = 0;
