@@ -2,7 +2,6 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
-#include <ATen/ops/_sample_dirichlet.h>
 #include <ATen/ops/cross_entropy_loss.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/index_select.h>
@@ -12,6 +11,7 @@
 #include <ATen/ops/randperm.h>
 #include <c10/util/Exception.h>
 
+#include <cfloat>
 #include <cmath>
 
 #include "ops/mix.h"
@@ -74,9 +74,15 @@ int64_t Mixer::begin_batch(int64_t batch_size, at::Device device) {
   if (alpha_ == 0) {
     lam = at::ones({batch_size}, f32);
   } else {
-    const auto concentration = at::full({batch_size, 2}, alpha_, f32);
-    const auto l = at::_sample_dirichlet(concentration, gen).select(1, 0);
-    lam = at::maximum(l, 1 - l);
+    // Beta(a, a) as G1 / (G1 + G2), G ~ Gamma(a), drawn in log space: Gamma(a) is
+    // Gamma(a + 1) * U^(1/a), whose log stays finite for tiny a, where torch's Dirichlet
+    // sampler underflows to 0.5 (the strongest mixing) just as a schedule leaves 0.
+    // Folded: max(l, 1 - l) = sigmoid(|log G1 - log G2|).
+    const auto f64 = f32.dtype(at::kDouble);
+    const auto g = at::_standard_gamma(at::full({batch_size, 2}, alpha_ + 1, f64), gen);
+    const auto u = at::rand({batch_size, 2}, gen, f64).clamp_min(DBL_MIN);
+    const auto log_g = g.log() + u.log() / alpha_;
+    lam = at::sigmoid((log_g.select(1, 0) - log_g.select(1, 1)).abs()).to(at::kFloat);
   }
   auto perm = at::randperm(batch_size, gen, at::TensorOptions().dtype(at::kLong).device(draw_on));
   lam_ = lam.to(device);

@@ -43,6 +43,18 @@ TEST(Mixer, SmallAlphaKeepsWeightsNearOne) {
   EXPECT_FALSE(m.lam().isnan().any().item<bool>());
 }
 
+TEST(Mixer, TinyAlphaMixesAlmostNothing) {
+  // As alpha -> 0, Beta(alpha, alpha) puts its mass on 0 and 1: folded weights go to 1,
+  // never to 0.5 (where an underflowing sampler would land, mixing the most).
+  for (double alpha : {1e-6, 1e-4, 1e-3}) {
+    Mixer m(options(alpha, true, 4));
+    m.begin_batch(5000, torch::kCPU);
+    EXPECT_GT(m.lam().gt(0.99).to(torch::kFloat).mean().item<double>(), 0.9) << alpha;
+    EXPECT_FALSE(m.lam().isnan().any().item<bool>());
+    EXPECT_GE(m.lam().min().item<float>(), 0.5f);
+  }
+}
+
 TEST(Mixer, AlphaZeroMeansNoMixing) {
   Mixer m(options(0.0, true, 1));
   m.add_point("a");
