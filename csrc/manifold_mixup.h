@@ -21,3 +21,4 @@
 #include "mixup_point.h"
 #include "ops/mix.h"
 #include "schedule.h"
+#include "selection.h"
