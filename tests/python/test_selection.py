@@ -14,26 +14,13 @@ from fastai.basics import CrossEntropyLossFlat, DataLoaders, Learner, set_seed
 
 from manifold_mixup import ManifoldMixup, ManifoldMixupModule, _C, non_mixable_module_types
 from manifold_mixup.selection import select_modules, unwrap_model
+from small_models import ResBlock, cnn
 
 PACKAGE_DIR = Path(__file__).resolve().parents[2] / "python"
 
 
 def quiet(sentence):
     pass
-
-
-class ResBlock(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.conv, self.bn = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c)
-
-    def forward(self, x):
-        return F.relu(x + self.bn(self.conv(x)))
-
-
-def cnn(n_out=10):
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), ResBlock(8), ResBlock(8),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, n_out))
 
 
 def paths(model, modules):
@@ -384,7 +371,8 @@ def test_unet_rule_finds_unet_blocks_anywhere_by_class_name():
 
 def test_block_rule_reads_the_class_name_not_its_module_path():
     Conv = type("Conv", (nn.Conv2d,), {"__module__": "mylib.blocks"})
-    model = nn.Sequential(Conv(1, 4, 3), nn.ReLU(), ResBlock(4))
+    Wide = type("Wide", (ResBlock,), {})  # nor a base's name
+    model = nn.Sequential(Conv(1, 4, 3), nn.ReLU(), ResBlock(4), Wide(4))
     assert select_modules(model, log=quiet) == [model[2]]
 
 
@@ -465,6 +453,15 @@ def test_python_and_torchscript_agree_when_the_root_is_the_only_candidate():
     assert select_modules(nn.Linear(3, 3), log=quiet)
     with pytest.raises(TypeError, match="must be a torch.jit.ScriptModule"):
         _C.select_points(nn.Linear(3, 3))
+
+
+def test_torchscript_keeps_no_base_classes_so_a_dropout_subclass_is_mixable_there():
+    class MyDropout(nn.Dropout):
+        pass
+
+    model = nn.Sequential(nn.Linear(4, 4), MyDropout())
+    assert paths(model, select_modules(model, log=quiet)) == ["0"]
+    assert _C.select_points(torch.jit.script(model))[0] == ["0", "1"]
 
 
 def test_rules_reject_facts_without_the_root_first():
