@@ -41,9 +41,9 @@ class _ScriptableManifoldMixupModule(ManifoldMixupModule):
         return self
 
 
-# The TorchScript class name is what the C++ rules look for.
+# TorchScript names a class by __name__, and that is what the C++ rules look for; pickle finds
+# it by __qualname__, which stays the real one so the Python model still saves.
 _ScriptableManifoldMixupModule.__name__ = "ManifoldMixupModule"
-_ScriptableManifoldMixupModule.__qualname__ = "ManifoldMixupModule"
 
 # Module types never instrumented by the last selection rule (6). Public and mutable: append
 # your own types. Starts as the torch.nn classes the C++ rules name (csrc/selection.cpp).

@@ -488,5 +488,7 @@ def test_manifold_mixup_module_scripts_saves_loads_and_is_selected_from_cpp(tmp_
     # marker, same wrapped module, same output, still selected.
     assert isinstance(model.a, ManifoldMixupModule) and select_modules(model, log=quiet) == [model.a, model.b]
     torch.testing.assert_close(model(x), expected)
+    torch.save(model, str(tmp_path / "eager.pt"))  # and the Python model still pickles
+    torch.testing.assert_close(torch.load(str(tmp_path / "eager.pt"), weights_only=False)(x), expected)
     wrapped = ManifoldMixupModule(nn.Bilinear(2, 2, 1))  # eager: any arguments pass through
     assert wrapped(torch.ones(1, 2), torch.ones(1, 2)).shape == (1, 1)
