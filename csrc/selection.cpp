@@ -86,8 +86,7 @@ RuleChoice apply_selection_rules(const std::vector<ModuleFacts>& modules, bool r
   auto candidate = [&](size_t i) { return (i > 0 || root_is_candidate) && !is_container(modules[i]); };
   auto automatic = [&](size_t i) {
     return candidate(i) && !is_any(modules[i], kTupleOutput) &&
-           std::none_of(opaque.begin(), opaque.end(),
-                                        [&](const std::string& o) { return inside(modules[i].path, o); });
+           std::none_of(opaque.begin(), opaque.end(), [&](const std::string& o) { return inside(modules[i].path, o); });
   };
   auto pick = [&](const std::function<bool(size_t)>& keep) {
     std::vector<size_t> chosen;
