@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "mixer.h"
+#include "selection.h"
 
 namespace py = pybind11;
 using manifold_mixup::Mixer;
@@ -37,6 +38,8 @@ struct PointHook {
 };
 
 }  // namespace
+
+void bind_selection(py::module_& m);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "Native core of manifold_mixup: the Mixer and mixup-point hooks (C++ on libtorch).";
@@ -105,4 +108,40 @@ in a batch.)doc")
       .def_readonly("mixer", &PointHook::mixer)
       .def_readonly("index", &PointHook::index)
       .def("__call__", &PointHook::operator(), py::arg("module"), py::arg("args"), py::arg("output"));
+
+  bind_selection(m);
+}
+
+// The selection rules (csrc/selection.h), for python/manifold_mixup/selection.py and for tests
+// that compare them with the TorchScript front door.
+void bind_selection(py::module_& m) {
+  namespace mm = manifold_mixup;
+  using Facts = std::tuple<std::string, std::vector<std::string>, bool, bool>;
+  m.def("apply_selection_rules",
+        [](const std::vector<Facts>& modules, bool root_is_candidate) {
+          std::vector<mm::ModuleFacts> facts;
+          facts.reserve(modules.size());
+          for (const auto& [path, class_names, has_forward, non_mixable] : modules)
+            facts.push_back({path, class_names, has_forward, non_mixable});
+          mm::RuleChoice c = mm::apply_selection_rules(facts, root_is_candidate);
+          return py::make_tuple(c.rule, c.chosen, c.description);
+        },
+        py::arg("modules"), py::arg("root_is_candidate"), R"doc(
+The selection rules 2 to 6 on one tree: modules is [(path, class_names, has_forward,
+non_mixable)], root first, parents before children; returns (rule, chosen indices, description),
+rule 7 and no index when nothing is chosen.)doc");
+  m.def("non_mixable_class_names", &mm::non_mixable_class_names,
+        "Class names of the default non-mixable kinds (torch.nn classes).");
+  m.def("select_points",
+        [](const py::object& module) {
+          // A ScriptModule from torch.jit.script or torch.jit.load; its _c is the C++ module.
+          const py::object c = py::hasattr(module, "_c") ? module.attr("_c") : module;
+          if (!py::isinstance<torch::jit::Module>(c))
+            throw py::type_error("select_points: module must be a torch.jit.ScriptModule, got " +
+                                 py::str(py::type::of(module)).cast<std::string>());
+          mm::PointSelection s = mm::select_points(c.cast<torch::jit::Module>());
+          return py::make_tuple(s.names, s.rule);
+        },
+        py::arg("module"), "The selection rules on a TorchScript module, as the C ABI runs them: "
+        "(dotted paths, rule).");
 }
