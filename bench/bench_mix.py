@@ -111,8 +111,8 @@ def main():
     print(f"torch {torch.__version__}, {all_threads} threads, "
           f"{torch.__config__.parallel_info().splitlines()[-1].strip()}, CPU")
     print("Times relative to the op's (x: other / op): > 1 means the op is faster. add and the "
-          "autograd floor bound what is possible (add has the forward's traffic; the floor half "
-          "the op's).")
+          "autograd floor bound what is possible (add moves what the forward moves; the floor, "
+          "two thirds of what the op's forward and backward move).")
     head = (f"{'dtype':8} {'MB':>4} {'thr':>3} {'op fwd ms':>9} {'GB/s':>5} {'add':>5} {'expr':>5} "
             f"{'lerp':>5} {'compile':>7} | {'op f+b ms':>9} {'floor':>5} {'expr':>5} {'lerp':>5} "
             f"{'compile':>7}")
