@@ -2,6 +2,7 @@
 // the process holds one OpenMP runtime (torch's). at::parallel_for's OpenMP body is inline in
 // ATen's headers, so code compiled without OpenMP runs it on the calling thread alone: these
 // tests catch such a build from the outside, by the CPU time each thread of the process spent.
+#include <ATen/Config.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 #include <unistd.h>
@@ -56,6 +57,7 @@ class Parallel : public ::testing::Test {
  protected:
   void SetUp() override {
     threads_ = at::get_num_threads();
+    if (cpu_ns_per_thread().empty()) GTEST_SKIP() << "no /proc/self/task/<tid>/schedstat here";
     at::set_num_threads(2);
   }
   void TearDown() override { at::set_num_threads(threads_); }
@@ -92,9 +94,10 @@ TEST_F(Parallel, BackwardRunsOnTwoThreads) {
       << "caller " << s.caller / 1e6 << " ms, busiest other thread " << s.busiest_other / 1e6 << " ms";
 }
 
-TEST_F(Parallel, OneOpenMPRuntimeInTheProcess) {
+TEST(OpenMP, OneRuntimeInTheProcess) {
   manifold_mixup::mix(torch::randn({kBatch, kFeatures}), torch::randperm(kBatch), torch::rand({kBatch}));
   std::ifstream maps("/proc/self/maps");
+  if (!maps) GTEST_SKIP() << "no /proc/self/maps here";
   std::set<std::string> runtimes;
   for (std::string line; std::getline(maps, line);) {
     const auto slash = line.find('/');
@@ -105,7 +108,8 @@ TEST_F(Parallel, OneOpenMPRuntimeInTheProcess) {
       if (file.rfind(name, 0) == 0) runtimes.insert(path);
     }
   }
-  EXPECT_EQ(runtimes.size(), 1u) << "OpenMP runtimes loaded: " << testing::PrintToString(runtimes);
+  EXPECT_LE(runtimes.size(), 1u) << "OpenMP runtimes loaded: " << testing::PrintToString(runtimes);
+  if (AT_PARALLEL_OPENMP) EXPECT_EQ(runtimes.size(), 1u) << "torch's OpenMP runtime not found";
 }
 
 }  // namespace

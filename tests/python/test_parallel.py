@@ -1,15 +1,21 @@
 """The Python module runs the op on the threads torch.set_num_threads gives it, with torch's own
 OpenMP runtime (a second runtime in the process would keep a second thread pool)."""
+import json
 import os
-import re
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
 
 import manifold_mixup
 
-pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux /proc")
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.skipif(not os.path.exists(f"/proc/self/task/{threading.get_native_id()}/schedstat"),
+                                reason="needs Linux's /proc/self/task/<tid>/schedstat")
 
 
 def cpu_ns_per_thread():
@@ -44,8 +50,25 @@ def test_the_op_runs_on_two_threads(two_threads):
     assert max(spent.values(), default=0) > caller / 4, (caller, spent)
 
 
-def test_one_openmp_runtime_in_the_process():
-    manifold_mixup.mix(torch.randn(64, 2 ** 16), torch.randperm(64), torch.rand(64))
+# Run in a fresh process: other packages a test run imports (scikit-learn) bring their own.
+LOADED_RUNTIMES = r"""
+import json, re, torch
+def runtimes():
     with open("/proc/self/maps") as f:
-        runtimes = {m.group(0) for m in re.finditer(r"/\S*/lib(gomp|iomp5|omp)[^/\s]*", f.read())}
-    assert len(runtimes) == 1, runtimes
+        return sorted({m.group(0) for m in re.finditer(r"/\S*/lib(gomp|iomp5|omp)[^/\s]*", f.read())})
+torch.randn(64, 2 ** 16) * 2  # torch's own pool is up
+before = runtimes()
+import manifold_mixup
+manifold_mixup.mix(torch.randn(64, 2 ** 16), torch.randperm(64), torch.rand(64))
+print(json.dumps([before, runtimes(), "parallel backend: OpenMP" in torch.__config__.parallel_info()]))
+"""
+
+
+def test_the_module_adds_no_openmp_runtime():
+    done = subprocess.run([sys.executable, "-c", LOADED_RUNTIMES], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT / "python")), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    before, after, openmp = json.loads(done.stdout)
+    assert after == before, (before, after)
+    if openmp:
+        assert len(after) == 1, after  # torch's own
