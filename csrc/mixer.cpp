@@ -2,17 +2,16 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/DistributionsHelper.h>
+#include <ATen/native/Distributions.h>
 #include <ATen/ops/cross_entropy_loss.h>
-#include <ATen/ops/full.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/index_select.h>
-#include <ATen/ops/maximum.h>
-#include <ATen/ops/ones.h>
-#include <ATen/ops/randint.h>
-#include <ATen/ops/randperm.h>
 #include <c10/util/Exception.h>
 
-#include <cfloat>
 #include <cmath>
+#include <mutex>
+#include <utility>
 
 #include "ops/mix.h"
 
@@ -61,37 +60,66 @@ at::Generator Mixer::cpu_generator() const {
   return own_generator_ ? *own_generator_ : at::detail::getDefaultCPUGenerator();
 }
 
+namespace {
+// One draw of Beta(alpha, alpha) folded to max(l, 1 - l), alpha > 0. Beta(a, a) is
+// G1 / (G1 + G2) with G ~ Gamma(a), and Gamma(a) is Gamma(a + 1) * U^(1/a); so l = sigmoid(d),
+// d = log(g1 / g2) + log(u1 / u2) / a, finite for tiny a, where Gamma(a) itself underflows to 0
+// (torch's Dirichlet sampler then returns 0.5, the strongest mixing). The log-uniforms are
+// subtracted before dividing by a: for a subnormal a each quotient alone overflows to -inf,
+// and -inf - -inf is NaN. Folded, max(l, 1 - l) = sigmoid(|d|).
+double folded_beta(double alpha, at::CPUGeneratorImpl* gen) {
+  auto uniform = [gen] { return at::uniform_real_distribution<double>(0.0, 1.0)(gen); };
+  auto normal = [gen] { return at::normal_distribution<double>(0.0, 1.0)(gen); };
+  BaseSampler<double, decltype(uniform)> u(uniform);
+  BaseSampler<double, decltype(normal)> n(normal);
+  const double log_g = std::log(sample_gamma<double, double>(alpha + 1, u, n)) -
+                       std::log(sample_gamma<double, double>(alpha + 1, u, n));
+  const double log_u = std::log1p(-uniform()) - std::log1p(-uniform());  // U in (0, 1]
+  return 1 / (1 + std::exp(-std::abs(log_g + log_u / alpha)));
+}
+}  // namespace
+
+// A handful of tensor ops per batch cost more than the draws: everything is drawn in one loop
+// on the CPU generator into one host buffer (perm as int64, then lam as float32), moved to the
+// batch's device by one copy, pinned for CUDA so that the copy does not wait for the host.
+std::pair<at::Tensor, at::Tensor> Mixer::draw_weights_and_perm(int64_t batch_size,
+                                                               at::Device device) {
+  const int64_t b = batch_size, perm_bytes = b * 8;
+  auto host = at::empty({perm_bytes + b * 4},
+                        at::TensorOptions().dtype(at::kByte).pinned_memory(device.is_cuda()));
+  auto* perm = reinterpret_cast<int64_t*>(host.mutable_data_ptr<uint8_t>());
+  auto* lam = reinterpret_cast<float*>(host.mutable_data_ptr<uint8_t>() + perm_bytes);
+  {
+    const at::Generator g = cpu_generator();
+    auto* gen = g.get<at::CPUGeneratorImpl>();
+    std::lock_guard<std::mutex> lock(gen->mutex_);
+    for (int64_t i = 0; i < b; ++i) lam[i] = alpha_ == 0 ? 1.f : float(folded_beta(alpha_, gen));
+    // Fisher-Yates, as at::randperm on the CPU.
+    for (int64_t i = 0; i < b; ++i) perm[i] = i;
+    for (int64_t i = 0; i + 1 < b; ++i) {
+      std::swap(perm[i], perm[i + at::uniform_int_from_to_distribution<int64_t>(b - i, 0)(gen)]);
+    }
+  }
+  const auto on_device = device.is_cpu() ? host : host.to(device, /*non_blocking=*/true);
+  return {on_device.narrow(0, perm_bytes, b * 4).view(at::kFloat),
+          on_device.narrow(0, 0, perm_bytes).view(at::kLong)};
+}
+
+int64_t Mixer::draw_index(int64_t n) {
+  const at::Generator g = cpu_generator();
+  auto* gen = g.get<at::CPUGeneratorImpl>();
+  std::lock_guard<std::mutex> lock(gen->mutex_);
+  return at::uniform_int_from_to_distribution<int64_t>(n, 0)(gen);
+}
+
 int64_t Mixer::begin_batch(int64_t batch_size, at::Device device) {
   TORCH_CHECK(!in_batch_, "begin_batch: the previous batch has not ended (call end_batch first)");
   TORCH_CHECK(batch_size >= 1, "begin_batch: batch_size must be >= 1, got ", batch_size);
-  // With our own seed everything is drawn from one CPU generator and moved to the device;
-  // otherwise from the device's default generator, so torch.manual_seed governs it.
-  const at::Device draw_on = own_generator_ ? at::Device(at::kCPU) : device;
-  std::optional<at::Generator> gen;
-  if (own_generator_) gen = *own_generator_;
-  const auto f32 = at::TensorOptions().dtype(at::kFloat).device(draw_on);
-  at::Tensor lam;
-  if (alpha_ == 0) {
-    lam = at::ones({batch_size}, f32);
-  } else {
-    // Beta(a, a) as G1 / (G1 + G2), G ~ Gamma(a), drawn in log space: Gamma(a) is
-    // Gamma(a + 1) * U^(1/a), whose log stays finite for tiny a, where torch's Dirichlet
-    // sampler underflows to 0.5 (the strongest mixing) just as a schedule leaves 0.
-    // Folded: max(l, 1 - l) = sigmoid(|log G1 - log G2|).
-    const auto f64 = f32.dtype(at::kDouble);
-    const auto g = at::_standard_gamma(at::full({batch_size, 2}, alpha_ + 1, f64), gen);
-    const auto u = at::rand({batch_size, 2}, gen, f64).clamp_min(DBL_MIN);
-    const auto log_g = g.log() + u.log() / alpha_;
-    lam = at::sigmoid((log_g.select(1, 0) - log_g.select(1, 1)).abs()).to(at::kFloat);
-  }
-  auto perm = at::randperm(batch_size, gen, at::TensorOptions().dtype(at::kLong).device(draw_on));
-  lam_ = lam.to(device);
-  perm_ = perm.to(device);
-
+  std::tie(lam_, perm_) = draw_weights_and_perm(batch_size, device);
   const int64_t candidates = num_points() + (options_.input_mixup ? 1 : 0);
   chosen_ = kNoPoint;
   if (alpha_ > 0 && candidates > 0) {
-    const int64_t pick = at::randint(candidates, {1}, cpu_generator(), at::kLong).item<int64_t>();
+    const int64_t pick = draw_index(candidates);
     chosen_ = pick < num_points() ? pick : kInputPoint;
   }
   std::fill(fired_.begin(), fired_.end(), false);

@@ -9,7 +9,8 @@
 //                            time the chosen point runs in the batch
 //   mixed_loss / mixed_cross_entropy / mix_targets
 //   end_batch()              disarms
-// All tensors stay on the batch's device; the only host-side draw is the point's index.
+// Everything is drawn on the CPU generator (the Mixer's own when seeded, else torch's default,
+// so torch.manual_seed governs it); lam and perm are then moved to the batch's device.
 #pragma once
 
 #include <ATen/core/Generator.h>
@@ -18,6 +19,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "schedule.h"
@@ -93,6 +95,11 @@ class Mixer {
  private:
   void check_in_batch(const char* what) const;
   at::Generator cpu_generator() const;
+  // lam ~ Beta(alpha, alpha) folded (all 1 for alpha 0) and a random permutation, [B] each,
+  // on `device`, drawn from cpu_generator().
+  std::pair<at::Tensor, at::Tensor> draw_weights_and_perm(int64_t batch_size, at::Device device);
+  // Uniform in [0, n), from cpu_generator().
+  int64_t draw_index(int64_t n);
 
   MixerOptions options_;
   double alpha_;
