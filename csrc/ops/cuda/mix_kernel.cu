@@ -1,4 +1,4 @@
-// Fused CUDA kernels of manifold_mixup::mix and mix_backward, on the current stream.
+// Fused CUDA kernels of manifold_mixup::mix and _mix_backward, on the current stream.
 // An index outside [0, B) trips a device-side assert and is never dereferenced.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -114,7 +114,7 @@ at::Tensor mix_backward_cuda(const at::Tensor& grad_in, const at::Tensor& perm_i
 
 TORCH_LIBRARY_IMPL(manifold_mixup, CUDA, m) {
   m.impl("mix", &mix_cuda);
-  m.impl("mix_backward", &mix_backward_cuda);
+  m.impl("_mix_backward", &mix_backward_cuda);
 }
 
 }  // namespace manifold_mixup
