@@ -201,3 +201,22 @@ print("ok")
                PYTHONPATH=str(Path(__file__).resolve().parents[2] / "python"))
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr
+
+
+def test_cuda_architectures_follow_torchs_extension_builder(monkeypatch):
+    """The build takes the kernels' architectures from torch (cmake/torch_cuda_architectures.py)
+    rather than CMake's "native", which fails on a build machine without a GPU: the CMake list
+    says what torch.utils.cpp_extension's -gencode flags say."""
+    import importlib.util
+    from pathlib import Path
+
+    from torch.utils.cpp_extension import _get_cuda_arch_flags
+
+    path = Path(__file__).resolve().parents[2] / "cmake" / "torch_cuda_architectures.py"
+    spec = importlib.util.spec_from_file_location("torch_cuda_architectures", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+    assert sorted(script.from_gencode_flags(_get_cuda_arch_flags())) == ["80-real", "90-real", "90-virtual"]
+    if not torch.version.cuda:
+        assert script.architectures() == []  # a CPU torch: no CUDA kernels to build
