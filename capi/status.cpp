@@ -54,6 +54,17 @@ std::string report_text(const torch::jit::ErrorReport& e) {
   return "TorchScript could not compile the module's code: " + text;
 }
 
+// The one table from the kind of error to its status; any other c10::Error is libtorch's.
+mm_status status_of(const c10::Error& e) noexcept {
+  if (dynamic_cast<const NullError*>(&e)) return MM_ERR_NULL;
+  if (dynamic_cast<const ArgumentError*>(&e)) return MM_ERR_ARG;
+  if (dynamic_cast<const StateError*>(&e)) return MM_ERR_STATE;
+  if (dynamic_cast<const NotFoundError*>(&e)) return MM_ERR_NOT_FOUND;
+  if (dynamic_cast<const IoError*>(&e)) return MM_ERR_IO;
+  if (dynamic_cast<const c10::OutOfMemoryError*>(&e)) return MM_ERR_NOMEM;
+  return MM_ERR_TORCH;
+}
+
 }  // namespace
 
 mm_status status_of_current_exception(const char* fn) noexcept {
@@ -61,26 +72,8 @@ mm_status status_of_current_exception(const char* fn) noexcept {
   try {
     try {
       throw;
-    } catch (const NullError& e) {
-      status = MM_ERR_NULL;
-      set_last_error(fn, e.what_without_backtrace());
-    } catch (const ArgumentError& e) {
-      status = MM_ERR_ARG;
-      set_last_error(fn, e.what_without_backtrace());
-    } catch (const StateError& e) {
-      status = MM_ERR_STATE;
-      set_last_error(fn, e.what_without_backtrace());
-    } catch (const NotFoundError& e) {
-      status = MM_ERR_NOT_FOUND;
-      set_last_error(fn, e.what_without_backtrace());
-    } catch (const IoError& e) {
-      status = MM_ERR_IO;
-      set_last_error(fn, e.what_without_backtrace());
-    } catch (const c10::OutOfMemoryError& e) {
-      status = MM_ERR_NOMEM;
-      set_last_error(fn, e.what_without_backtrace());
     } catch (const c10::Error& e) {
-      status = MM_ERR_TORCH;
+      status = status_of(e);
       set_last_error(fn, e.what_without_backtrace());
     } catch (const torch::jit::ErrorReport& e) {
       status = MM_ERR_TORCH;
