@@ -34,8 +34,8 @@
  *   - Tensors and modules start on the CPU; mm_tensor_to_device and mm_module_to_device move
  *     them to a CUDA device, and mm_batch_begin_on begins a batch there.
  *   - A module file is trusted input, like a Python pickle: it holds code that runs when it is
- *     loaded and called. Damaged files are refused with an error where libtorch detects it,
- *     but some crash inside libtorch's reader, as they do torch.jit.load.
+ *     loaded and called. A damaged file is refused with an error where libtorch detects the
+ *     damage, but some damaged files crash libtorch's reader, as they crash torch.jit.load.
  */
 #ifndef MANIFOLD_MIXUP_H
 #define MANIFOLD_MIXUP_H
@@ -229,8 +229,9 @@ MM_API mm_status mm_mixer_repeated_calls(const mm_mixer* mixer, int64_t* count);
 /* Starts a batch of `batch_size` samples: draws one weight per sample lam ~ Beta(alpha,
  * alpha) folded to max(lam, 1 - lam), a permutation of the batch, and the point that mixes
  * (uniformly among the hook's points and, if input_mixup, the input). Writes the point to
- * *chosen when chosen is not NULL. Until mm_batch_end, the chosen point mixes in every
- * forward pass that runs it in training mode (see mm_forward). Errors: MM_ERR_NULL (mixer),
+ * *chosen when chosen is not NULL. Until mm_batch_end, the chosen point mixes (once) in the
+ * forward passes that run it in training mode, all but a plain one (see mm_forward).
+ * Alpha does not move here (see mm_mixer_set_step). Errors: MM_ERR_NULL (mixer),
  * MM_ERR_ARG (batch_size < 1), MM_ERR_STATE (a batch has begun and not ended). */
 MM_API mm_status mm_batch_begin(mm_mixer* mixer, int64_t batch_size, int64_t* chosen);
 
@@ -276,7 +277,8 @@ MM_API mm_status mm_module_destroy(mm_module* module);
  * renamed over `path`: on failure an existing file at `path` is left as it was. A file it
  * replaces keeps its permissions. Save after mm_hook_remove: a module saved with points
  * installed needs this library to load. Errors: MM_ERR_NULL, MM_ERR_IO (the directory cannot
- * be written, or `path` is a directory), MM_ERR_TORCH (libtorch cannot serialise the module). */
+ * be written, `path` is a directory, or an existing file there is not writable),
+ * MM_ERR_TORCH (libtorch cannot serialise the module). */
 MM_API mm_status mm_module_save(const mm_module* module, const char* path);
 
 /* Moves the module's parameters and buffers to `device` ("cpu", "cuda", "cuda:1"); its
@@ -294,7 +296,8 @@ MM_API mm_status mm_module_parameter_count(const mm_module* module, int64_t* ten
                                            int64_t* elements);
 
 /* Runs the module's forward on `input` and returns its output tensor in *out.
- * With mixer NULL: a plain forward, in which no point mixes, even while a batch is open.
+ * With mixer NULL: a plain forward, in which no point mixes, even while a batch is open (on
+ * the calling thread: code the module runs elsewhere with torch.jit.fork is not covered).
  * With a mixer: a batch of it must have begun and dim 0 of input must be the batch size; the
  * input is mixed first when it is the chosen point, and the module's installed points mix.
  * In evaluation mode (mm_module_train(module, 0)) nothing mixes, the input included.
@@ -366,8 +369,8 @@ typedef struct mm_hook mm_hook;
  * Errors: MM_ERR_NULL; MM_ERR_NOT_FOUND (a name is not a submodule: the message names it);
  * MM_ERR_ARG (a name given twice; a point whose forward does not return one Tensor, or that
  * no method calls (frozen module); no module to select); MM_ERR_STATE (the mixer is in a
- * batch or has a hook; another hook rewrites the same module types). On failure the module
- * is unchanged. */
+ * batch or has a hook; another hook has a point on the same submodule, or rewrites the same
+ * module types). On failure the module is unchanged. */
 MM_API mm_status mm_hook_install(mm_mixer* mixer, mm_module* module, const char* const* names,
                                  size_t n_names, mm_hook** out);
 

@@ -49,6 +49,7 @@ std::string create_temporary_beside(const std::string& path) {
   struct stat st;
   const bool exists = ::stat(path.c_str(), &st) == 0;
   MM_CHECK_IO(!exists || !S_ISDIR(st.st_mode), "cannot write '", path, "': it is a directory");
+  MM_CHECK_IO(!exists || ::access(path.c_str(), W_OK) == 0, "cannot write '", path, "': ", std::strerror(errno));
   for (int attempt = 0; attempt < 100; ++attempt) {
     const std::string tmp = path + ".mm-save-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
     const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);

@@ -874,6 +874,7 @@ static int dir_has(const char* dir, const char* part) {
 static void test_save_failure_keeps_the_old_file(void) {
   mm_module *mod = NULL, *bad = NULL, *back = NULL;
   char dir[4096], keep[4200], saved[4200];
+  struct stat info;
   mm_status st;
   snprintf(dir, sizeof dir, "%s/save_test", g_dir);
   snprintf(keep, sizeof keep, "%s/keep.pt", dir);
@@ -891,8 +892,10 @@ static void test_save_failure_keeps_the_old_file(void) {
   CHECK_MSG("directory");
   CHECK_OK(mm_module_load(model_path("mlp"), &mod));
   CHECK_STATUS(mm_module_save(mod, "/nonexistent-dir/m.pt"), MM_ERR_IO);
-  /* a save that works replaces the file, which then loads */
+  /* a save that works replaces the file, which keeps its permissions and then loads */
+  CHECK(chmod(keep, 0640) == 0);
   CHECK_OK(mm_module_save(mod, keep));
+  CHECK(stat(keep, &info) == 0 && (info.st_mode & 07777) == 0640);
   CHECK_OK(mm_module_load(keep, &back));
   CHECK_OK(mm_module_save(back, saved));
   CHECK(!dir_has(dir, ".mm-save-"));
