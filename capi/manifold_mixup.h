@@ -4,7 +4,8 @@
  *
  * One training step:
  *
- *   mm_mixer_create(&cfg, &mixer);  mm_module_load("model.pt", &module);
+ *   mm_mixer_config_init(&cfg, sizeof cfg);  mm_mixer_create(&cfg, &mixer);
+ *   mm_module_load("model.pt", &module);
  *   mm_hook_install(mixer, module, names, n_names, &hook);   (names: dotted submodule paths)
  *   for each batch:
  *     mm_batch_begin(mixer, batch_size, NULL);      draws weights, permutation and the point
@@ -16,16 +17,25 @@
  *
  * Conventions, for every function below:
  *   - It returns an mm_status: MM_OK (0) on success, otherwise an error code, and then
- *     mm_last_error() tells why. On failure, output arguments are left untouched and nothing
- *     is allocated. No C++ exception and no abort crosses this boundary.
+ *     mm_last_error() tells why. The code comes from the kind of failure, never from the
+ *     wording of a message. On failure, output arguments are left untouched and nothing is
+ *     allocated. No C++ exception and no abort crosses this boundary.
  *   - Handles (mm_mixer, mm_module, mm_hook, mm_tensor) are opaque. Whatever a function hands
  *     out through an `out` argument is owned by the caller and is freed with the matching
  *     *_destroy (or mm_hook_remove). The *_destroy functions accept NULL and do nothing.
+ *   - Misused handles are refused, as sqlite's SQLITE_MISUSE: a handle used after its
+ *     *_destroy (a hook after mm_hook_remove), or destroyed twice, gives MM_ERR_STATE, and a
+ *     live handle of another kind passed in its place MM_ERR_ARG. This holds while the handle
+ *     is among the last 1024 of its kind destroyed (the library keeps their memory for the
+ *     check); beyond that, as for any freed or made-up pointer, the behaviour is undefined.
  *   - Strings returned as `const char*` are owned by the library; their lifetime is stated.
  *   - Handles may be used from any thread, but one handle must not be used by two threads
  *     at the same time.
  *   - Tensors and modules start on the CPU; mm_tensor_to_device and mm_module_to_device move
  *     them to a CUDA device, and mm_batch_begin_on begins a batch there.
+ *   - A module file is trusted input, like a Python pickle: it holds code that runs when it is
+ *     loaded and called. A damaged file is refused with an error where libtorch detects the
+ *     damage, but some damaged files crash libtorch's reader, as they crash torch.jit.load.
  */
 #ifndef MANIFOLD_MIXUP_H
 #define MANIFOLD_MIXUP_H
@@ -98,7 +108,8 @@ MM_API size_t mm_dtype_size(mm_dtype dtype);
 
 /* Copies a C-contiguous host buffer of `ndim` dimensions `shape` (each >= 0, ndim in
  * [0, 8]) and `dtype` into a new CPU tensor *out. `data` may be NULL only when the tensor has
- * no elements. Errors: MM_ERR_NULL, MM_ERR_ARG (bad dtype, ndim or shape). */
+ * no elements. Errors: MM_ERR_NULL, MM_ERR_ARG (bad dtype, ndim or shape, or a shape whose
+ * element or byte count overflows), MM_ERR_NOMEM (the tensor cannot be allocated). */
 MM_API mm_status mm_tensor_from_host(const void* data, mm_dtype dtype, const int64_t* shape,
                                      int ndim, mm_tensor** out);
 
@@ -136,7 +147,8 @@ MM_API mm_status mm_tensor_from_dlpack(struct DLManagedTensor* managed, mm_tenso
  * mm_tensor_destroy(tensor). Errors: MM_ERR_NULL, MM_ERR_TORCH. */
 MM_API mm_status mm_tensor_to_dlpack(const mm_tensor* tensor, struct DLManagedTensor** out);
 
-/* Frees the handle (the memory goes when nothing else shares it). NULL is a no-op. */
+/* Frees the handle (the memory goes when nothing else shares it). NULL is a no-op.
+ * Errors: MM_ERR_STATE (destroyed already). */
 MM_API mm_status mm_tensor_destroy(mm_tensor* tensor);
 
 /* A copy of `tensor` on `device` ("cpu", "cuda", "cuda:1"), owned by the caller. Errors:
@@ -156,11 +168,15 @@ typedef enum mm_schedule_kind {
   MM_SCHEDULE_POLYNOMIAL = 4   /* alpha_min + (alpha_max - alpha_min) * p ^ 2 */
 } mm_schedule_kind;
 
-/* Configuration of a mixer. Fill it with mm_mixer_config_init, then change fields. `size`
- * lets the struct grow: a program built against an older header passes its smaller size and
- * the new fields take their defaults. */
+/* Configuration of a mixer. Fill it with mm_mixer_config_init(&cfg, sizeof cfg), then change
+ * fields. `size` lets the struct grow: the library reads only the fields that lie wholly within
+ * `size` bytes, so a program built against an older header, whose struct is smaller, gets the
+ * defaults for the fields it does not have. Bytes beyond the library's own struct (a program
+ * built against a newer header, run with an older library) must be zero, as
+ * mm_mixer_config_init leaves them: a field this library does not know is refused, never
+ * silently ignored. */
 typedef struct mm_mixer_config {
-  size_t size;          /* sizeof(mm_mixer_config), set by mm_mixer_config_init */
+  size_t size;          /* the caller's sizeof(mm_mixer_config), set by mm_mixer_config_init */
   double alpha;         /* Beta(alpha, alpha) weights; 0 means no mixing. Default 0.4 */
   int input_mixup;      /* nonzero: the input is one of the candidate points. Default 1 */
   int has_seed;         /* nonzero: draw from a generator seeded with `seed`, so runs repeat;
@@ -168,24 +184,33 @@ typedef struct mm_mixer_config {
   uint64_t seed;        /* Default 0 */
   mm_schedule_kind schedule; /* Default MM_SCHEDULE_NONE; otherwise alpha follows the schedule
                                 over total_steps batches (see mm_mixer_set_step) */
-  double alpha_min;     /* Default 0.0 */
+  double alpha_min;     /* Default 0.0; must be > 0 for MM_SCHEDULE_EXPONENTIAL */
   double alpha_max;     /* Default 0.6 */
   int64_t total_steps;  /* Default 0; must be >= 1 with a schedule */
 } mm_mixer_config;
 
-/* Sets every field of *config to its default. Errors: MM_ERR_NULL. */
-MM_API mm_status mm_mixer_config_init(mm_mixer_config* config);
+/* Writes `size` bytes at config: the defaults in the fields that lie wholly within them,
+ * zero elsewhere, and `size` in config->size. Pass sizeof of your struct. Errors: MM_ERR_NULL,
+ * MM_ERR_ARG (size smaller than the size field). */
+MM_API mm_status mm_mixer_config_init(mm_mixer_config* config, size_t size);
 
-/* Creates a mixer. Errors: MM_ERR_NULL; MM_ERR_ARG (config->size not a known size, alpha
- * negative or not finite, a bad schedule). */
+/* Creates a mixer. Errors: MM_ERR_NULL; MM_ERR_ARG (config->size smaller than the size field,
+ * or a nonzero byte beyond the library's struct; alpha negative or not finite; a bad
+ * schedule: an unknown kind, alpha_min or alpha_max negative or not finite, total_steps < 1,
+ * or alpha_min 0 for the exponential one, which would stay 0). */
 MM_API mm_status mm_mixer_create(const mm_mixer_config* config, mm_mixer** out);
 
-/* Frees the mixer handle. An installed hook keeps what it needs, so hooks may be removed
- * after this. NULL is a no-op. */
+/* Frees the mixer handle, ending its batch if one is open. An installed hook keeps what it
+ * needs, so hooks may be removed after this. NULL is a no-op. Errors: MM_ERR_STATE (destroyed
+ * already). */
 MM_API mm_status mm_mixer_destroy(mm_mixer* mixer);
 
-/* The current alpha; set it (>= 0, finite); set the schedule's progress to `step` batches
- * (alpha follows; no effect without a schedule). Errors: MM_ERR_NULL, MM_ERR_ARG. */
+/* The current alpha; set it (>= 0, finite); set the schedule's progress to `step` batches.
+ * With a schedule, alpha is the schedule's value at step / total_steps (clamped to 1) after
+ * mm_mixer_set_step(mixer, step), and step 0 at creation; it moves only with
+ * mm_mixer_set_step, not as batches begin: call it once per batch. mm_mixer_set_alpha sets
+ * alpha until the next mm_mixer_set_step; without a schedule mm_mixer_set_step has no effect.
+ * Errors: MM_ERR_NULL, MM_ERR_ARG (alpha negative or not finite; step negative). */
 MM_API mm_status mm_mixer_alpha(const mm_mixer* mixer, double* alpha);
 MM_API mm_status mm_mixer_set_alpha(mm_mixer* mixer, double alpha);
 MM_API mm_status mm_mixer_set_step(mm_mixer* mixer, int64_t step);
@@ -204,8 +229,10 @@ MM_API mm_status mm_mixer_repeated_calls(const mm_mixer* mixer, int64_t* count);
 /* Starts a batch of `batch_size` samples: draws one weight per sample lam ~ Beta(alpha,
  * alpha) folded to max(lam, 1 - lam), a permutation of the batch, and the point that mixes
  * (uniformly among the hook's points and, if input_mixup, the input). Writes the point to
- * *chosen when chosen is not NULL. Errors: MM_ERR_NULL (mixer), MM_ERR_ARG (batch_size < 1),
- * MM_ERR_STATE (a batch has begun and not ended). */
+ * *chosen when chosen is not NULL. Until mm_batch_end, the chosen point mixes (once) in the
+ * forward passes that run it in training mode, all but a plain one (see mm_forward).
+ * Alpha does not move here (see mm_mixer_set_step). Errors: MM_ERR_NULL (mixer),
+ * MM_ERR_ARG (batch_size < 1), MM_ERR_STATE (a batch has begun and not ended). */
 MM_API mm_status mm_batch_begin(mm_mixer* mixer, int64_t batch_size, int64_t* chosen);
 
 /* mm_batch_begin for a batch whose tensors live on `device` ("cpu", "cuda", "cuda:1"): the
@@ -227,8 +254,9 @@ MM_API mm_status mm_batch_end(mm_mixer* mixer);
 typedef struct mm_module mm_module;
 
 /* Loads a TorchScript module saved by torch.jit.save (or torch::jit::Module::save), on the
- * CPU, in training mode. Errors: MM_ERR_NULL, MM_ERR_IO (cannot open the file),
- * MM_ERR_TORCH (not a TorchScript archive). */
+ * CPU, in training mode. The file is trusted input (see the conventions above).
+ * Errors: MM_ERR_NULL, MM_ERR_IO (no such file, a directory or other non-regular file, or
+ * not readable), MM_ERR_TORCH (not a TorchScript archive, or its code does not compile). */
 MM_API mm_status mm_module_load(const char* path, mm_module** out);
 
 /* Wraps a module the host already holds. `torch_jit_module` must point to a live
@@ -241,11 +269,16 @@ MM_API mm_status mm_module_load(const char* path, mm_module** out);
  * mm_hook_remove (it would name a freed function). */
 MM_API mm_status mm_module_borrow(void* torch_jit_module, mm_module** out);
 
-/* Frees the handle. Hooks installed on the module stay until mm_hook_remove. NULL: no-op. */
+/* Frees the handle. Hooks installed on the module stay until mm_hook_remove. NULL: no-op.
+ * Errors: MM_ERR_STATE (destroyed already). */
 MM_API mm_status mm_module_destroy(mm_module* module);
 
-/* Saves the module as TorchScript. Save after mm_hook_remove: a module saved with points
- * installed needs this library to load. Errors: MM_ERR_NULL, MM_ERR_IO, MM_ERR_TORCH. */
+/* Saves the module as TorchScript at `path`, through a temporary file beside it that is then
+ * renamed over `path`: on failure an existing file at `path` is left as it was. A file it
+ * replaces keeps its permissions. Save after mm_hook_remove: a module saved with points
+ * installed needs this library to load. Errors: MM_ERR_NULL, MM_ERR_IO (the directory cannot
+ * be written, `path` is a directory, or an existing file there is not writable),
+ * MM_ERR_TORCH (libtorch cannot serialise the module). */
 MM_API mm_status mm_module_save(const mm_module* module, const char* path);
 
 /* Moves the module's parameters and buffers to `device` ("cpu", "cuda", "cuda:1"); its
@@ -253,7 +286,8 @@ MM_API mm_status mm_module_save(const mm_module* module, const char* path);
  * (mm_batch_begin_on). Errors: MM_ERR_NULL, MM_ERR_ARG (device, as mm_batch_begin_on). */
 MM_API mm_status mm_module_to_device(mm_module* module, const char* device);
 
-/* Training mode (nonzero) or evaluation mode (0), for the module and its submodules. */
+/* Training mode (nonzero) or evaluation mode (0), for the module and its submodules. In
+ * evaluation mode nothing mixes. Errors: MM_ERR_NULL. */
 MM_API mm_status mm_module_train(mm_module* module, int on);
 
 /* Number of parameter tensors and of scalar parameters (elements) in the module.
@@ -262,17 +296,23 @@ MM_API mm_status mm_module_parameter_count(const mm_module* module, int64_t* ten
                                            int64_t* elements);
 
 /* Runs the module's forward on `input` and returns its output tensor in *out.
- * With mixer NULL: a plain forward (evaluation, or a module with no hook).
+ * With mixer NULL: a plain forward, in which no point mixes, even while a batch is open (on
+ * the calling thread: code the module runs elsewhere with torch.jit.fork is not covered).
  * With a mixer: a batch of it must have begun and dim 0 of input must be the batch size; the
  * input is mixed first when it is the chosen point, and the module's installed points mix.
+ * In evaluation mode (mm_module_train(module, 0)) nothing mixes, the input included.
+ * Points mix in any other forward pass too while their mixer's batch is open: in
+ * mm_module_run_method, and in a host's own calls of a module it lent with mm_module_borrow.
  * Errors: MM_ERR_NULL; MM_ERR_STATE (mixer given and no batch); MM_ERR_ARG (input's dim 0 is
- * not the batch size); MM_ERR_TORCH (the module's forward failed or returned no Tensor). */
+ * not the batch size); MM_ERR_TORCH (the module's forward failed, e.g. on an input of the
+ * wrong shape or dtype, or returned no Tensor). */
 MM_API mm_status mm_forward(mm_mixer* mixer, mm_module* module, const mm_tensor* input,
                             mm_tensor** out);
 
 /* Runs another method of the module (one exported with @torch.jit.export) on one tensor;
- * its installed points mix in it as in forward. Errors: MM_ERR_NULL, MM_ERR_NOT_FOUND (no such
- * method), MM_ERR_TORCH. */
+ * its installed points mix in it while their mixer's batch is open, in training mode.
+ * Errors: MM_ERR_NULL, MM_ERR_NOT_FOUND (no such method), MM_ERR_TORCH (the method failed, or
+ * returned no Tensor). */
 MM_API mm_status mm_module_run_method(mm_module* module, const char* method,
                                       const mm_tensor* input, mm_tensor** out);
 
@@ -329,15 +369,15 @@ typedef struct mm_hook mm_hook;
  * Errors: MM_ERR_NULL; MM_ERR_NOT_FOUND (a name is not a submodule: the message names it);
  * MM_ERR_ARG (a name given twice; a point whose forward does not return one Tensor, or that
  * no method calls (frozen module); no module to select); MM_ERR_STATE (the mixer is in a
- * batch or has a hook; another hook rewrites the same module types). On failure the module
- * is unchanged. */
+ * batch or has a hook; another hook has a point on the same submodule, or rewrites the same
+ * module types). On failure the module is unchanged. */
 MM_API mm_status mm_hook_install(mm_mixer* mixer, mm_module* module, const char* const* names,
                                  size_t n_names, mm_hook** out);
 
 /* Removes the points: the module's methods are restored exactly as before installing, and
- * the hook is freed (also when the mixer or module handles were destroyed before).
- * NULL is a no-op. Errors: MM_ERR_STATE (the mixer is in a batch: end it first; the hook is
- * then not freed). */
+ * the hook is freed (also when the mixer or module handles were destroyed before). If the
+ * mixer's batch is open, it is ended first: removal does not fail. NULL is a no-op.
+ * Errors: MM_ERR_STATE (removed already). */
 MM_API mm_status mm_hook_remove(mm_hook* hook);
 
 /* Number of points; the dotted name of point i (valid until mm_hook_remove); how many

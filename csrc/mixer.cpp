@@ -13,22 +13,23 @@
 #include <mutex>
 #include <utility>
 
+#include "errors.h"
 #include "ops/mix.h"
 
 namespace manifold_mixup {
 
 namespace {
 void check_alpha(double alpha, const char* name) {
-  TORCH_CHECK(std::isfinite(alpha) && alpha >= 0, name, " must be a finite number >= 0 ",
+  MM_CHECK_ARG(std::isfinite(alpha) && alpha >= 0, name, " must be a finite number >= 0 ",
               "(0 means no mixing), got ", alpha);
 }
 }  // namespace
 
 Mixer::Mixer(MixerOptions options) : options_(std::move(options)), alpha_(options_.alpha) {
   check_alpha(alpha_, "alpha");
-  options_.schedule.validate();
+  if (options_.schedule) options_.schedule->validate();
   if (options_.seed) own_generator_ = at::make_generator<at::CPUGeneratorImpl>(*options_.seed);
-  if (options_.schedule.kind != ScheduleKind::None) set_step(0);
+  if (options_.schedule) set_step(0);
 }
 
 void Mixer::set_alpha(double alpha) {
@@ -37,12 +38,12 @@ void Mixer::set_alpha(double alpha) {
 }
 
 void Mixer::set_step(int64_t step) {
-  TORCH_CHECK(step >= 0, "step must be >= 0, got ", step);
-  if (options_.schedule.kind != ScheduleKind::None) alpha_ = options_.schedule.alpha_at_step(step);
+  MM_CHECK_ARG(step >= 0, "step must be >= 0, got ", step);
+  if (options_.schedule) alpha_ = options_.schedule->alpha_at_step(step);
 }
 
 int64_t Mixer::add_point(const std::string& name) {
-  TORCH_CHECK(!in_batch_, "add_point: cannot add a mixup point during a batch (call end_batch first)");
+  MM_CHECK_STATE(!in_batch_, "add_point: cannot add a mixup point during a batch (call end_batch first)");
   names_.push_back(name);
   mixes_.push_back(0);
   fired_.push_back(false);
@@ -50,7 +51,7 @@ int64_t Mixer::add_point(const std::string& name) {
 }
 
 void Mixer::clear_points() {
-  TORCH_CHECK(!in_batch_, "clear_points: cannot remove mixup points during a batch (call end_batch first)");
+  MM_CHECK_STATE(!in_batch_, "clear_points: cannot remove mixup points during a batch (call end_batch first)");
   names_.clear();
   mixes_.clear();
   fired_.clear();
@@ -113,9 +114,10 @@ int64_t Mixer::draw_index(int64_t n) {
 }
 
 int64_t Mixer::begin_batch(int64_t batch_size, at::Device device) {
-  TORCH_CHECK(!in_batch_, "begin_batch: the previous batch has not ended (call end_batch first)");
-  TORCH_CHECK(batch_size >= 1, "begin_batch: batch_size must be >= 1, got ", batch_size);
+  MM_CHECK_STATE(!in_batch_, "begin_batch: the previous batch has not ended (call end_batch first)");
+  MM_CHECK_ARG(batch_size >= 1, "begin_batch: batch_size must be >= 1, got ", batch_size);
   std::tie(lam_, perm_) = draw_weights_and_perm(batch_size, device);
+
   const int64_t candidates = num_points() + (options_.input_mixup ? 1 : 0);
   chosen_ = kNoPoint;
   if (alpha_ > 0 && candidates > 0) {
@@ -130,15 +132,15 @@ int64_t Mixer::begin_batch(int64_t batch_size, at::Device device) {
 }
 
 void Mixer::check_in_batch(const char* what) const {
-  TORCH_CHECK(in_batch_, what, ": no batch has begun (call begin_batch first)");
+  MM_CHECK_STATE(in_batch_, what, ": no batch has begun (call begin_batch first)");
 }
 
 at::Tensor Mixer::mix(const at::Tensor& t) const {
   check_in_batch("mix");
-  TORCH_CHECK(t.defined(), "mix: the tensor to mix is undefined");
-  TORCH_CHECK(t.dim() >= 1 && t.size(0) == batch_size_, "mix: the tensor must have the batch's ",
+  MM_CHECK_ARG(t.defined(), "mix: the tensor to mix is undefined");
+  MM_CHECK_ARG(t.dim() >= 1 && t.size(0) == batch_size_, "mix: the tensor must have the batch's ",
               batch_size_, " samples along dim 0 (as told to begin_batch), got shape ", t.sizes());
-  TORCH_CHECK(t.device() == lam_.device(), "mix: the tensor must be on the batch's device (",
+  MM_CHECK_ARG(t.device() == lam_.device(), "mix: the tensor must be on the batch's device (",
               lam_.device(), "), got ", t.device());
   return manifold_mixup::mix(t, perm_, lam_);
 }
@@ -152,7 +154,7 @@ at::Tensor Mixer::mix_input(const at::Tensor& x) {
 }
 
 at::Tensor Mixer::point_output(int64_t point, const at::Tensor& out) {
-  TORCH_CHECK(point >= 0 && point < num_points(), "point_output: point must be in [0, ",
+  MM_CHECK_ARG(point >= 0 && point < num_points(), "point_output: point must be in [0, ",
               num_points(), "), got ", point);
   if (!in_batch_ || point != chosen_) return out;
   if (fired_[point]) {
@@ -167,9 +169,9 @@ at::Tensor Mixer::point_output(int64_t point, const at::Tensor& out) {
 
 at::Tensor Mixer::mixed_loss(const at::Tensor& loss_own, const at::Tensor& loss_other) const {
   check_in_batch("mixed_loss");
-  TORCH_CHECK(loss_own.defined() && loss_own.dim() >= 1 && loss_own.size(0) == batch_size_,
+  MM_CHECK_ARG(loss_own.defined() && loss_own.dim() >= 1 && loss_own.size(0) == batch_size_,
               "mixed_loss: loss_own must be an unreduced loss of shape [", batch_size_, ", ...]");
-  TORCH_CHECK(loss_other.defined() && loss_other.sizes() == loss_own.sizes(),
+  MM_CHECK_ARG(loss_other.defined() && loss_other.sizes() == loss_own.sizes(),
               "mixed_loss: loss_other must have loss_own's shape ", loss_own.sizes());
   std::vector<int64_t> shape(loss_own.dim(), 1);
   shape[0] = batch_size_;
@@ -179,15 +181,15 @@ at::Tensor Mixer::mixed_loss(const at::Tensor& loss_own, const at::Tensor& loss_
 
 at::Tensor Mixer::mixed_cross_entropy(const at::Tensor& logits, const at::Tensor& target) const {
   check_in_batch("mixed_cross_entropy");
-  TORCH_CHECK(logits.defined() && logits.dim() == 2 && logits.size(0) == batch_size_,
+  MM_CHECK_ARG(logits.defined() && logits.dim() == 2 && logits.size(0) == batch_size_,
               "mixed_cross_entropy: logits must have shape [", batch_size_, ", C], got ",
               logits.defined() ? c10::str(logits.sizes()) : std::string("undefined"));
-  TORCH_CHECK(at::isFloatingType(logits.scalar_type()),
+  MM_CHECK_ARG(at::isFloatingType(logits.scalar_type()),
               "mixed_cross_entropy: logits must be floating, got ", logits.scalar_type());
-  TORCH_CHECK(target.defined() && target.scalar_type() == at::kLong && target.dim() == 1 &&
+  MM_CHECK_ARG(target.defined() && target.scalar_type() == at::kLong && target.dim() == 1 &&
                   target.size(0) == batch_size_,
               "mixed_cross_entropy: target must be int64 class indices of shape [", batch_size_, "]");
-  TORCH_CHECK(target.device() == logits.device(), "mixed_cross_entropy: target must be on the ",
+  MM_CHECK_ARG(target.device() == logits.device(), "mixed_cross_entropy: target must be on the ",
               "logits' device (", logits.device(), "), got ", target.device());
   const auto none = at::Reduction::None;
   const auto own = at::cross_entropy_loss(logits, target, {}, none);

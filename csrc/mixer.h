@@ -30,7 +30,7 @@ struct MixerOptions {
   double alpha = 0.4;          // Beta(alpha, alpha); 0 means no mixing
   bool input_mixup = true;     // the input is one of the candidate points
   std::optional<uint64_t> seed;  // unset: torch's default generators (torch.manual_seed)
-  Schedule schedule;           // kind None: alpha stays as set
+  std::optional<Schedule> schedule;  // unset: alpha stays as set (set_alpha)
 };
 
 class Mixer {
@@ -40,13 +40,14 @@ class Mixer {
 
   explicit Mixer(MixerOptions options = {});
 
-  // Alpha of the Beta law; must be finite and >= 0 (0: no mixing).
+  // Alpha of the Beta law; must be finite and >= 0 (0: no mixing). Checks throw ArgumentError,
+  // calls out of order StateError (errors.h).
   double alpha() const { return alpha_; }
   void set_alpha(double alpha);
   bool input_mixup() const { return options_.input_mixup; }
   void set_input_mixup(bool on) { options_.input_mixup = on; }
-  const Schedule& schedule() const { return options_.schedule; }
-  // Sets alpha from the schedule after `step` batches (no-op for ScheduleKind::None).
+  // Sets alpha from the schedule after `step` batches (no-op without a schedule). Alpha moves
+  // only here: begin_batch does not advance the schedule.
   void set_step(int64_t step);
 
   // Mixup points (modules). Returns the new point's index. Names are for counters and errors.

@@ -19,6 +19,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "errors.h"
 #include "mixer.h"
 
 namespace manifold_mixup {
@@ -32,10 +33,11 @@ class MixupPointImpl : public torch::nn::Module {
   template <typename M, typename = std::enable_if_t<!std::is_same_v<std::decay_t<M>, torch::nn::AnyModule>>>
   explicit MixupPointImpl(M inner) : MixupPointImpl(torch::nn::AnyModule(std::move(inner))) {}
 
-  // inner(x), mixed when this point is the attached mixer's chosen one (first call per batch).
+  // inner(x), mixed when this point is the attached mixer's chosen one (first call per batch)
+  // and the wrapper is in training mode: a module in eval mode never mixes.
   at::Tensor forward(const at::Tensor& x) {
     at::Tensor out = inner_.forward(x);
-    return mixer_ ? mixer_->point_output(index_, out) : out;
+    return mixer_ && is_training() ? mixer_->point_output(index_, out) : out;
   }
 
   // Makes this wrapper point `index` of `mixer` (see attach_points); detach() undoes it.
@@ -58,10 +60,11 @@ class MixupPointImpl : public torch::nn::Module {
 TORCH_MODULE(MixupPoint);
 
 // Makes every MixupPoint inside `root` (in named_modules order) a point of `mixer`, named by its
-// path; returns the names. Throws c10::Error if the mixer already has points or is in a batch.
+// path; returns the names. Throws StateError if the mixer already has points or is in a batch,
+// ArgumentError if there is no MixupPoint.
 inline std::vector<std::string> attach_points(const std::shared_ptr<Mixer>& mixer, torch::nn::Module& root) {
-  TORCH_CHECK(mixer, "attach_points: the mixer is null");
-  TORCH_CHECK(mixer->num_points() == 0, "attach_points: the mixer already has ", mixer->num_points(),
+  MM_CHECK_ARG(mixer, "attach_points: the mixer is null");
+  MM_CHECK_STATE(mixer->num_points() == 0, "attach_points: the mixer already has ", mixer->num_points(),
               " points (detach_points first)");
   std::vector<std::string> names;
   for (const auto& item : root.named_modules("", /*include_self=*/false)) {
@@ -70,13 +73,13 @@ inline std::vector<std::string> attach_points(const std::shared_ptr<Mixer>& mixe
       names.push_back(item.key());
     }
   }
-  TORCH_CHECK(!names.empty(), "attach_points: no MixupPoint inside the module");
+  MM_CHECK_ARG(!names.empty(), "attach_points: no MixupPoint inside the module");
   return names;
 }
 
 // Detaches every MixupPoint inside `root` and clears the mixer's points.
 inline void detach_points(const std::shared_ptr<Mixer>& mixer, torch::nn::Module& root) {
-  TORCH_CHECK(mixer, "detach_points: the mixer is null");
+  MM_CHECK_ARG(mixer, "detach_points: the mixer is null");
   mixer->clear_points();
   for (const auto& item : root.named_modules("", /*include_self=*/false))
     if (auto* point = dynamic_cast<MixupPointImpl*>(item.value().get())) point->detach();

@@ -108,7 +108,7 @@ int main(int argc, char** argv) {
   data = load_digits(argv[2]);
   n_train = data.n - N_VAL;
 
-  TRY(mm_mixer_config_init(&cfg));
+  TRY(mm_mixer_config_init(&cfg, sizeof cfg));
   cfg.alpha = 0.4;
   cfg.input_mixup = 1;
   cfg.has_seed = 1;

@@ -25,7 +25,7 @@ int main(int argc, char** argv) {
   const at::Tensor plain = host->forward({x}).toTensor();
 
   mm_mixer_config cfg;
-  mm_mixer_config_init(&cfg);
+  mm_mixer_config_init(&cfg, sizeof cfg);
   cfg.alpha = 1.0;
   cfg.input_mixup = 0;
   mm_mixer* mixer = nullptr;

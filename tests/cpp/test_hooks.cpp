@@ -1,5 +1,5 @@
-// The C++ host API: JitHook on TorchScript modules built here with define() (so no Python and
-// no files), and MixupPoint on torch::nn models.
+// The C++ host API: PointRewrite and forward() on TorchScript modules built here with define()
+// (so no Python and no files), and MixupPoint on torch::nn models.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -56,6 +56,8 @@ struct SharedNet {
     net.register_module("head", head);
     net.define("def forward(self, x):\n  return self.head.forward(self.s2.forward(self.s1.forward(x)))\n");
     net.define("def twice(self, x):\n  return self.head.forward(self.s1.forward(self.s1.forward(x)))\n");
+    // As scripted nn.Modules have it, so that train() and eval() reach every module.
+    for (torch::jit::Module m : net.modules()) m.register_attribute("training", c10::BoolType::get(), true);
   }
   std::string graphs() const {
     std::string s;
@@ -65,7 +67,7 @@ struct SharedNet {
   }
 };
 
-TEST(JitHook, SharedTypeOnlyTheNamedInstanceMixesAndRemoveRestoresExactly) {
+TEST(PointRewrite, SharedTypeOnlyTheNamedInstanceMixesAndRemoveRestoresExactly) {
   SharedNet n;
   ASSERT_EQ(n.s1.type(), n.s2.type());
   const at::Tensor x = torch::randn({kB, kD});
@@ -73,7 +75,7 @@ TEST(JitHook, SharedTypeOnlyTheNamedInstanceMixesAndRemoveRestoresExactly) {
   const std::string before = n.graphs();
   auto mixer = make_mixer(1.0, false);
   {
-    mm::JitHook hook(mixer, n.net, {"s2.inner"});
+    mm::PointRewrite hook(mixer, n.net, {"s2.inner"});
     EXPECT_NE(n.s1.get_method("forward").graph()->toString().find("manifold_mixup::mix_point"),
               std::string::npos);
     ASSERT_EQ(mixer->begin_batch(kB, at::kCPU), 0);
@@ -83,7 +85,7 @@ TEST(JitHook, SharedTypeOnlyTheNamedInstanceMixesAndRemoveRestoresExactly) {
     EXPECT_EQ(hook.mix_count(0), 1);
     EXPECT_EQ(mixer->repeated_calls(), 0);
     mixer->end_batch();
-    EXPECT_THROW(mm::JitHook(make_mixer(1.0, false), n.net, {"s1"}), c10::Error);  // types taken
+    EXPECT_THROW(mm::PointRewrite(make_mixer(1.0, false), n.net, {"s1"}), mm::StateError);  // types taken
     hook.remove();
     EXPECT_EQ(mixer->num_points(), 0);
   }
@@ -91,10 +93,10 @@ TEST(JitHook, SharedTypeOnlyTheNamedInstanceMixesAndRemoveRestoresExactly) {
   EXPECT_TRUE(torch::equal(n.net.forward({x}).toTensor(), plain));
 }
 
-TEST(JitHook, GradientsFlowThroughThePoint) {
+TEST(PointRewrite, GradientsFlowThroughThePoint) {
   SharedNet n;
   auto mixer = make_mixer(1.0, false);
-  mm::JitHook hook(mixer, n.net, {"s1"});
+  mm::PointRewrite hook(mixer, n.net, {"s1"});
   mixer->begin_batch(kB, at::kCPU);
   const at::Tensor y = torch::arange(kB) % 3;
   const at::Tensor loss = mixer->mixed_cross_entropy(mm::forward(mixer.get(), n.net, torch::randn({kB, kD})), y).mean();
@@ -106,10 +108,10 @@ TEST(JitHook, GradientsFlowThroughThePoint) {
   }
 }
 
-TEST(JitHook, SecondCallInABatchIsCountedNotMixed) {
+TEST(PointRewrite, SecondCallInABatchIsCountedNotMixed) {
   SharedNet n;
   auto mixer = make_mixer(1.0, false);
-  mm::JitHook hook(mixer, n.net, {"s1"});
+  mm::PointRewrite hook(mixer, n.net, {"s1"});
   mixer->begin_batch(kB, at::kCPU);
   n.net.run_method("twice", torch::randn({kB, kD}));
   mixer->end_batch();
@@ -117,19 +119,74 @@ TEST(JitHook, SecondCallInABatchIsCountedNotMixed) {
   EXPECT_EQ(mixer->repeated_calls(), 1);
 }
 
-TEST(JitHook, ErrorsNameTheModule) {
+TEST(PointRewrite, ErrorsNameTheModuleAndHaveTheirKind) {
   SharedNet n;
   auto mixer = make_mixer(1.0, false);
   try {
-    mm::JitHook hook(mixer, n.net, {"s1.nope"});
+    mm::PointRewrite hook(mixer, n.net, {"s1.nope"});
     FAIL() << "no error";
-  } catch (const c10::Error& e) {
+  } catch (const mm::NotFoundError& e) {
     EXPECT_NE(std::string(e.what()).find("'s1.nope'"), std::string::npos) << e.what();
   }
   EXPECT_EQ(mixer->num_points(), 0);
+  EXPECT_THROW(mm::PointRewrite(mixer, n.net, {"s1", "s1"}), mm::ArgumentError);
+  torch::jit::Module empty(c10::QualifiedName("__torch__.Empty"));
+  empty.define("def forward(self, x):\n  return x\n");
+  EXPECT_THROW(mm::PointRewrite(mixer, empty), mm::ArgumentError);  // nothing to select
   mixer->begin_batch(kB, at::kCPU);
-  EXPECT_THROW(mm::JitHook(mixer, n.net, {"s1"}), c10::Error);  // in a batch
-  EXPECT_THROW(mm::forward(mixer.get(), n.net, torch::randn({kB + 1, kD})), c10::Error);
+  EXPECT_THROW(mm::PointRewrite(mixer, n.net, {"s1"}), mm::StateError);  // in a batch
+  EXPECT_THROW(mm::forward(mixer.get(), n.net, torch::randn({kB + 1, kD})), mm::ArgumentError);
+  mixer->end_batch();
+  EXPECT_THROW(mm::forward(mixer.get(), n.net, torch::randn({kB, kD})), mm::StateError);
+  mm::PointRewrite hook(mixer, n.net, {"s1"});
+  EXPECT_THROW(mm::PointRewrite(mixer, n.net, {"s2"}), mm::StateError);  // one per mixer
+  EXPECT_THROW(hook.mix_count(3), mm::ArgumentError);
+  hook.remove();
+  EXPECT_THROW(hook.mix_count(0), mm::StateError);
+}
+
+// A plain forward (no mixer) and a module in eval mode mix nothing, though a batch is open.
+TEST(PointRewrite, PlainForwardAndEvalModeDoNotMix) {
+  SharedNet n;
+  const at::Tensor x = torch::randn({kB, kD});
+  const at::Tensor plain = n.net.forward({x}).toTensor();
+  auto mixer = make_mixer(1.0, true);
+  mm::PointRewrite hook(mixer, n.net, {"s2.inner"});
+  int64_t chosen = mm::Mixer::kNoPoint;
+  while ((chosen = mixer->begin_batch(kB, at::kCPU)) != 0) mixer->end_batch();  // the point, not the input
+  EXPECT_TRUE(torch::equal(mm::forward(nullptr, n.net, x), plain));
+  n.net.eval();
+  EXPECT_TRUE(torch::equal(mm::forward(mixer.get(), n.net, x), plain));
+  EXPECT_TRUE(torch::equal(n.net.forward({x}).toTensor(), plain));
+  EXPECT_EQ(hook.mix_count(0), 0);
+  n.net.train();
+  EXPECT_FALSE(torch::allclose(n.net.forward({x}).toTensor(), plain));  // any other forward mixes
+  EXPECT_EQ(hook.mix_count(0), 1);
+  mixer->end_batch();
+  while (mixer->begin_batch(kB, at::kCPU) != mm::Mixer::kInputPoint) mixer->end_batch();
+  n.net.eval();
+  EXPECT_TRUE(torch::equal(mm::forward(mixer.get(), n.net, x), plain));  // nor the input
+  EXPECT_EQ(mixer->input_mixes(), 0);
+  mixer->end_batch();
+}
+
+// Removal never fails: in a batch it ends the batch first.
+TEST(PointRewrite, RemoveInABatchEndsIt) {
+  SharedNet n;
+  const at::Tensor x = torch::randn({kB, kD});
+  const at::Tensor plain = n.net.forward({x}).toTensor();
+  auto mixer = make_mixer(1.0, false);
+  {
+    mm::PointRewrite hook(mixer, n.net, {"s1"});
+    mixer->begin_batch(kB, at::kCPU);
+    hook.remove();
+    EXPECT_FALSE(mixer->in_batch());
+    EXPECT_EQ(mixer->num_points(), 0);
+    mm::PointRewrite again(mixer, n.net, {"s1"});
+    mixer->begin_batch(kB, at::kCPU);
+  }  // destroyed in a batch
+  EXPECT_FALSE(mixer->in_batch());
+  EXPECT_TRUE(torch::equal(n.net.forward({x}).toTensor(), plain));
 }
 
 TEST(Selection, RulesInOrder) {
@@ -170,6 +227,12 @@ TEST(MixupPoint, MixesOnlyWhenChosenAndTrains) {
     (step == 0 ? first : last) = loss.item<double>();
   }
   EXPECT_LT(last, first);
+  // In eval mode the wrapper does not mix, in a batch where it is chosen.
+  net->eval();
+  const at::Tensor eval_plain = net->forward(x);
+  ASSERT_EQ(mixer->begin_batch(kB, at::kCPU), 0);
+  EXPECT_TRUE(torch::equal(net->forward(x), eval_plain));
+  mixer->end_batch();
   mm::detach_points(mixer, *net);
   EXPECT_EQ(mixer->num_points(), 0);
 }

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "errors.h"
 #include "ops/mix.h"
 
 namespace {
@@ -173,12 +174,12 @@ TEST(MixGrad, ReducedPrecisionGradientKeepsDtype) {
   }
 }
 
-// The refusal raises c10::Error whose message names `needle`.
+// The refusal raises ArgumentError (errors.h) whose message names `needle`.
 void expect_refused(const std::function<void()>& call, const std::string& needle) {
   try {
     call();
     ADD_FAILURE() << "accepted; expected a refusal naming " << needle;
-  } catch (const c10::Error& e) {
+  } catch (const manifold_mixup::ArgumentError& e) {
     const std::string msg = e.what_without_backtrace();
     EXPECT_FALSE(msg.empty());
     EXPECT_NE(msg.find(needle), std::string::npos) << msg;
@@ -202,8 +203,12 @@ TEST(MixRefusal, EveryBadArgumentIsNamed) {
   expect_refused([&] { mix(x, torch::tensor({0, 1, 2, 4}), lam); }, "perm must hold indices in [0, 4)");
   expect_refused([&] { mix(x, torch::tensor({0, -1, 2, 3}), lam); }, "perm must hold indices in [0, 4)");
   expect_refused([&] { mix(x, torch::Tensor(), lam); }, "perm is an undefined");
-  expect_refused([&] { manifold_mixup::mix_backward(x, torch::tensor({9, 1, 2, 3}), lam); },
+  expect_refused([&] { manifold_mixup::detail::_mix_backward(x, torch::tensor({9, 1, 2, 3}), lam); },
                  "perm must hold indices");
+  expect_refused([&] { manifold_mixup::detail::_mix_backward(x, torch::tensor({0, -1, 2, 3}), lam); },
+                 "perm must hold indices");
+  // An empty row still has its indices checked.
+  expect_refused([&] { mix(torch::randn({4, 0}), torch::tensor({0, 1, 2, 7}), lam); }, "perm must hold indices");
   if (torch::cuda::is_available()) {
     expect_refused([&] { mix(x.cuda(), perm, lam.cuda()); }, "perm must be on x's device");
     expect_refused([&] { mix(x.cuda(), perm.cuda(), lam); }, "lam must be on x's device");

@@ -262,10 +262,7 @@ TEST(Schedule, FollowsFastaiCurves) {
 
 TEST(Schedule, MixerFollowsItsScheduleFromZero) {
   MixerOptions o = options(0.0, true, 2);
-  o.schedule.kind = ScheduleKind::Linear;
-  o.schedule.alpha_min = 0.0;
-  o.schedule.alpha_max = 1.0;
-  o.schedule.total_steps = 10;
+  o.schedule = Schedule{ScheduleKind::Linear, /*alpha_min=*/0.0, /*alpha_max=*/1.0, /*total_steps=*/10};
   Mixer m(o);
   m.add_point("p");
   EXPECT_EQ(m.alpha(), 0.0);

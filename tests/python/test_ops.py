@@ -1,5 +1,7 @@
 """manifold_mixup.mix from Python: against the plain-PyTorch expression, opcheck on every
 sample, gradcheck in float64, refusals, and torch.compile."""
+import os
+
 import pytest
 import torch
 from torch.library import opcheck
@@ -63,8 +65,14 @@ def test_opcheck_every_sample(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck_backward_op(device):
     g = torch.randn(6, 4, device=device)
-    opcheck(torch.ops.manifold_mixup.mix_backward.default,
+    opcheck(torch.ops.manifold_mixup._mix_backward.default,
             (g, torch.randperm(6, device=device), torch.rand(6, device=device)))
+
+
+def test_backward_op_is_private():
+    """Named with a leading underscore, as torchvision names its backward ops."""
+    assert not hasattr(torch.ops.manifold_mixup, "mix_backward")
+    assert "_mix_backward" not in manifold_mixup.__all__
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -119,6 +127,37 @@ def test_cuda_devices_must_agree():
         mix(x, torch.randperm(4, device="cuda"), torch.rand(4))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+@pytest.mark.parametrize("case", ["forward-empty-rows", "backward-negative", "backward-negative-deterministic"])
+def test_cuda_out_of_range_index_fails_loudly(case):
+    """An index outside [0, B) trips a device-side assert: in the forward even when x has no
+    elements per row, and in the backward (perm = -1 once landed in slot 0 unnoticed), also in
+    deterministic mode. Run apart: a device-side assert spoils the process's CUDA context."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = f"""
+import torch, manifold_mixup
+case = {case!r}
+if case.endswith("deterministic"):
+    torch.use_deterministic_algorithms(True)
+if case == "forward-empty-rows":
+    out = manifold_mixup.mix(torch.randn(4, 0, device="cuda"), torch.tensor([0, 1, 2, 7], device="cuda"),
+                             torch.rand(4, device="cuda"))
+else:
+    out = torch.ops.manifold_mixup._mix_backward(torch.randn(4, 3, device="cuda"),
+                                                 torch.tensor([0, -1, 2, 3], device="cuda"),
+                                                 torch.rand(4, device="cuda"))
+torch.cuda.synchronize()
+print("no error")
+"""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "python"))
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert done.returncode != 0 and "no error" not in done.stdout, done.stdout + done.stderr
+    assert "device-side assert" in done.stderr or "perm" in done.stderr, done.stderr
+
+
 def test_public_names():
     assert torch.ops.manifold_mixup.mix is not None
     assert "lam[i] * x[i]" in manifold_mixup.mix.__doc__
@@ -162,3 +201,22 @@ print("ok")
                PYTHONPATH=str(Path(__file__).resolve().parents[2] / "python"))
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr
+
+
+def test_cuda_architectures_follow_torchs_extension_builder(monkeypatch):
+    """The build takes the kernels' architectures from torch (cmake/torch_cuda_architectures.py)
+    rather than CMake's "native", which fails on a build machine without a GPU: the CMake list
+    says what torch.utils.cpp_extension's -gencode flags say."""
+    import importlib.util
+    from pathlib import Path
+
+    from torch.utils.cpp_extension import _get_cuda_arch_flags
+
+    path = Path(__file__).resolve().parents[2] / "cmake" / "torch_cuda_architectures.py"
+    spec = importlib.util.spec_from_file_location("torch_cuda_architectures", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+    assert sorted(script.from_gencode_flags(_get_cuda_arch_flags())) == ["80-real", "90-real", "90-virtual"]
+    if not torch.version.cuda:
+        assert script.architectures() == []  # a CPU torch: no CUDA kernels to build

@@ -2,10 +2,11 @@
 // Python in the process.
 //
 // mix is linear in x: out = A x with A = diag(lam) + (1 - lam)-weighted row gather by perm.
-// Its gradient with respect to x is A^T g (mix_backward, a gather), and the gradient of
-// mix_backward with respect to g is A again, so double backward is mix itself.
+// Its gradient with respect to x is A^T g (_mix_backward, a gather), and the gradient of
+// _mix_backward with respect to g is A again, so double backward is mix itself.
 // The gradient with respect to lam is sum over features of g[i] * (x[i] - x[perm[i]]).
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -28,7 +29,7 @@ at::Tensor sum_per_sample(const at::Tensor& t) {
 // d/dlam[i] of <g, mix(x, perm, lam)>.
 at::Tensor lam_grad(const at::Tensor& g, const at::Tensor& x, const at::Tensor& perm,
                     const at::Tensor& lam) {
-  const auto opmath = detail::opmath_type(x.scalar_type());
+  const auto opmath = at::toOpMathType(x.scalar_type());
   const auto diff = x.to(opmath) - x.index_select(0, perm).to(opmath);
   return sum_per_sample(g.to(opmath) * diff).to(lam.scalar_type());
 }
@@ -39,7 +40,7 @@ class MixBackwardFunction : public torch::autograd::Function<MixBackwardFunction
                             const at::Tensor& lam) {
     ctx->save_for_backward({grad, perm, lam});
     at::AutoDispatchBelowADInplaceOrView guard;
-    return mix_backward(grad, perm, lam);
+    return detail::_mix_backward(grad, perm, lam);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -90,7 +91,7 @@ at::Tensor mix_backward_autograd(const at::Tensor& g, const at::Tensor& perm, co
 
 TORCH_LIBRARY_IMPL(manifold_mixup, Autograd, m) {
   m.impl("mix", &mix_autograd);
-  m.impl("mix_backward", &mix_backward_autograd);
+  m.impl("_mix_backward", &mix_backward_autograd);
 }
 
 }  // namespace manifold_mixup

@@ -1,11 +1,12 @@
-// CPU kernels of manifold_mixup::mix and mix_backward: checks, then one fused pass over the
+// CPU kernels of manifold_mixup::mix and _mix_backward: checks, then one fused pass over the
 // batch (the loops in mix_loops_impl.h, compiled per CPU capability, picked at run time).
+#include <ATen/Version.h>
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
-#include <cstdlib>
 #include <string>
 
+#include "errors.h"
 #include "ops/cpu/mix_loops.h"
 #include "ops/mix.h"
 
@@ -16,7 +17,7 @@ using cpu::Preimages;
 
 void check_indices(const int64_t* p, int64_t b) {
   for (int64_t k = 0; k < b; ++k) {
-    TORCH_CHECK(p[k] >= 0 && p[k] < b, "mix: perm must hold indices in [0, ", b, "), got ", p[k],
+    MM_CHECK_ARG(p[k] >= 0 && p[k] < b, "mix: perm must hold indices in [0, ", b, "), got ", p[k],
                 " at position ", k);
   }
 }
@@ -31,14 +32,12 @@ Preimages preimages(const int64_t* p, int64_t b) {
 }
 
 #ifdef MM_HAVE_AVX2_LOOPS
-// The AVX2 loops when the CPU has AVX2, FMA and F16C, unless ATEN_CPU_CAPABILITY=default
-// asks ATen (and so us) for the portable kernels.
+// The AVX2 loops exactly when ATen runs its own AVX2 (or AVX512) kernels: the same CPU checks
+// for the same compile flags, and ATEN_CPU_CAPABILITY overrides both alike.
 bool use_avx2() {
   static const bool yes = [] {
-    const char* env = std::getenv("ATEN_CPU_CAPABILITY");
-    if (env && std::string(env) == "default") return false;
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
+    const std::string capability = at::get_cpu_capability();
+    return capability == "AVX2" || capability == "AVX512";
   }();
   return yes;
 }
@@ -84,7 +83,7 @@ at::Tensor mix_backward_cpu(const at::Tensor& grad_in, const at::Tensor& perm_in
 
 TORCH_LIBRARY_IMPL(manifold_mixup, CPU, m) {
   m.impl("mix", &mix_cpu);
-  m.impl("mix_backward", &mix_backward_cpu);
+  m.impl("_mix_backward", &mix_backward_cpu);
 }
 
 }  // namespace manifold_mixup

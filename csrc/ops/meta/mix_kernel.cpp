@@ -22,7 +22,7 @@ at::Tensor mix_backward_meta(const at::Tensor& grad, const at::Tensor& perm, con
 
 TORCH_LIBRARY_IMPL(manifold_mixup, Meta, m) {
   m.impl("mix", &mix_meta);
-  m.impl("mix_backward", &mix_backward_meta);
+  m.impl("_mix_backward", &mix_backward_meta);
 }
 
 }  // namespace manifold_mixup
