@@ -75,16 +75,18 @@ ALL = [ManifoldMixup, OutputMixup, DynamicManifoldMixup, DynamicOutputMixup]
 
 
 class Spy(Callback):
-    "Runs after the mixup callbacks; records what they left on the learner each batch."
+    "Runs after the mixup callbacks; records each batch's draw once the loss is computed."
     order, run_valid = 50, False
 
     def __init__(self, cb):
         self.cb, self.rows = cb, []
 
-    def before_batch(self):
+    def after_loss(self):
         m = self.cb.mixer
-        self.rows.append(dict(pct=self.pct_train, alpha=m.alpha, chosen=m.chosen, lam=m.lam.clone(),
-                              perm=m.perm.clone(), yb=[y.clone() for y in self.yb]))
+        self.rows.append(dict(pct=self.pct_train, alpha=m.alpha, lam=m.lam.clone(),
+                              perm=m.perm.clone(), yb=[y.clone() for y in self.yb],
+                              pred=self.pred.detach().clone(), loss=self.loss.item(),
+                              mixed=m.mixed))
 
 
 class CancelAt(Callback):
@@ -176,7 +178,7 @@ def test_mixing_changes_the_chosen_module_output_only(dls):
     x, _ = dls.train.one_batch()
     with learn.no_bar(), learn.no_logging():
         learn.fit(1, 0.0)  # lr 0: weights stay, so the block can be recomputed
-    # Our hook runs first (registered in before_batch, order 0), Probe's sees the mixed output.
+    # Our hook runs first (it is prepended), so Probe's sees the mixed output.
     block.eval(); block.train()
     lam, perm = cb.mixer.lam, cb.mixer.perm
     with torch.no_grad():
@@ -218,7 +220,7 @@ def test_schedule_starting_at_zero_does_not_crash_and_skips_mixing_there(dls):
     learn = learner(dls, [cb, spy])
     with learn.no_bar(), learn.no_logging():
         learn.fit(1, 3e-3)
-    assert spy.rows[0]["alpha"] == 0 and spy.rows[0]["chosen"] == _C.Mixer.NO_POINT
+    assert spy.rows[0]["alpha"] == 0
     assert torch.equal(spy.rows[0]["lam"], torch.ones_like(spy.rows[0]["lam"]))
     assert sum(cb.mixer.point_mixes) == len(dls.train) - 1
 
@@ -246,7 +248,8 @@ def test_output_mixup_refuses_regression(digits):
             learn.fit(1)
 
 
-def test_regression_targets_are_mixed(digits):
+def test_regression_targets_are_mixed_inside_the_loss(digits):
+    "Regression: the loss is that of the mixed targets, mixed after the forward; yb stays plain."
     x, y = digits
     dls = make_dls(x, y.float()[:, None])
     cb = ManifoldMixup(alpha=1.0)
@@ -263,10 +266,13 @@ def test_regression_targets_are_mixed(digits):
     learn.add_cb(Before())
     with learn.no_bar(), learn.no_logging():
         learn.fit(1, 1e-3)
-    assert learn.loss_func.__class__.__name__ == "BaseLoss"  # not wrapped for regression
+    assert learn.loss_func.__class__.__name__ == "BaseLoss"  # restored after the fit
+    assert len(spy.rows) == len(dls.train) and all(r["mixed"] for r in spy.rows)
     for y0, r in zip(original_targets, spy.rows):
+        assert torch.equal(r["yb"][0], y0)
         lam = r["lam"].view(-1, 1)
-        torch.testing.assert_close(r["yb"][0], lam * y0 + (1 - lam) * y0[r["perm"]])
+        mixed = lam * y0 + (1 - lam) * y0[r["perm"]]
+        assert r["loss"] == pytest.approx(F.mse_loss(r["pred"], mixed).item(), rel=1e-5)
 
 
 def test_same_seed_same_run(digits):
