@@ -2,20 +2,26 @@
 
 They are plain Python that reads plain attributes and calls the `manifold_mixup::mix` op, so
 that `torch.compile` traces them into the model's graph (no graph break). Every candidate gets
-its hook at every training batch, whichever point was drawn: a compiled model then always sees
-the same hooks (Dynamo does not guard on a module's hook dicts), and guards on `chosen`, so each
-point gets its own graph instead of a stale graph that silently skips the mixing.
+its hook at every training batch, whichever point was drawn, and Dynamo guards on `chosen`, so
+each point gets its own graph. By default Dynamo does not guard on a module's hooks
+(`torch._dynamo.config.skip_nnmodule_hook_guards`), so a graph traced once without them (a
+training-mode call outside a batch) would be reused inside batches and silently skip the
+mixing: attaching hooks turns those guards on, once torch._dynamo is loaded.
 """
+import sys
+
 import torch
 
 __all__ = ["BatchState", "PointHook", "PointHooks"]
+
+NO_POINT = -2  # _C.Mixer.NO_POINT, without importing the extension here
 
 
 class BatchState:
     "What the hooks of one batch read: the chosen point and the batch's lam and perm."
 
     def __init__(self):
-        self.chosen, self.lam, self.perm = -2, None, None
+        self.chosen, self.lam, self.perm = NO_POINT, None, None
 
 
 class PointHook:
@@ -42,6 +48,19 @@ class PointHook:
         self.mixed = True
         return torch.ops.manifold_mixup.mix(output, batch.perm, batch.lam)
 
+    def __reduce__(self):
+        # A model pickled or deep-copied while a batch's hooks are on it gets an inert hook:
+        # never this batch's state, never a mix outside the batch.
+        return (_inert_hook, ())
+
+
+def _inert_hook():
+    return _no_op
+
+
+def _no_op(module, args, output):
+    return None
+
 
 class PointHooks:
     "The hooks of a list of candidate modules, attached for one batch and then removed."
@@ -57,7 +76,12 @@ class PointHooks:
         for h in self.hooks:
             h.reset()
 
+    def disarm(self):
+        "After the batch: a compiled graph still holding these hooks sees no chosen point."
+        self.batch.chosen = NO_POINT
+
     def attach(self):
+        _compiled_graphs_guard_on_hooks()
         # Prepended: the module's other forward hooks see the output the model goes on with.
         if not self._handles:
             self._handles = [m.register_forward_hook(h, prepend=True)
@@ -78,3 +102,12 @@ class PointHooks:
         self.hooks = [self.hooks[i] for i in indices]
         for i, h in enumerate(self.hooks):
             h.index = i
+
+
+def _compiled_graphs_guard_on_hooks():
+    """Process-wide, once torch._dynamo is loaded (torch.compile loads it; importing it here
+    would cost seconds to programs that never compile): compiled graphs check the hooks of
+    the modules they inline, as they check the rest of their inputs."""
+    config = sys.modules.get("torch._dynamo.config")
+    if config is not None and getattr(config, "skip_nnmodule_hook_guards", False):
+        config.skip_nnmodule_hook_guards = False

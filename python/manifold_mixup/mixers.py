@@ -185,13 +185,13 @@ class ManifoldMixer:
         do) or have a `reduction` attribute."""
         if not self._in_batch("loss"):
             return loss_fn(pred, *targets)
-        self._sync()
+        self._detach()  # the forward is over: no hook stays for the rest of the block
         return mixed_loss(self.mixer, loss_fn, pred, targets)
 
     def mix_targets(self, *targets):
         "Regression targets mixed as the batch was (unchanged when it did not mix)."
         if self._in_batch("mix_targets"):
-            self._sync()
+            self._detach()
             targets = tuple(self.mixer.mix_targets(y) for y in targets)
         return targets[0] if len(targets) == 1 else targets
 
@@ -276,6 +276,7 @@ class ManifoldMixer:
 
     def _end(self, completed):
         self._hooks.detach()
+        self._hooks.disarm()
         if self.mixer.in_batch:
             self._sync()
             forward_ran = any(h.calls for h in self._hooks.hooks)
