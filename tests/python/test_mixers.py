@@ -386,6 +386,15 @@ def test_remove_and_the_context_manager():
     with pytest.raises(TypeError, match="model must be an nn.Module"):
         ManifoldMixer(lambda x: x)
 
+    def no_reduction(pred, target):  # a loss that cannot give per-sample values
+        return F.cross_entropy(pred, target, weight=torch.ones(3))
+
+    mm = ManifoldMixer(model, alpha=1.0, input_mixup=False, verbose=False)
+    with mm.batch(x) as xb:
+        out = model(xb)
+        with pytest.raises(TypeError, match="no `reduction` attribute or keyword"):
+            mm.loss(no_reduction, out, y)
+
 
 def test_output_mixer_mixes_the_logits_in_the_loss():
     om = OutputMixer(alpha=1.0, seed=3)
