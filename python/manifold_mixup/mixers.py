@@ -224,9 +224,11 @@ class ManifoldMixer:
             raise RuntimeError("ManifoldMixer: remove() was called; create a new mixer")
         if self.mixer.in_batch or self._hooks.attached:  # left open by an exception
             self._end(completed=False)
+        if not inputs:
+            raise TypeError("ManifoldMixer.batch() needs the batch's input tensor(s)")
         self._begun, self._synced = True, False
         self._active = self._root.training
-        if not self._active or not inputs:  # eval mode never mixes
+        if not self._active:  # eval mode never mixes
             return inputs
         if not self._input_checked:
             self._check_input(inputs)
@@ -249,8 +251,8 @@ class ManifoldMixer:
             self.mixer.input_mixup = False
             if self._verbose and _rank() == 0:
                 warnings.warn("ManifoldMixup: the batch input is not all floating tensors "
-                              "(e.g. tabular categories), so the input is left out of the mixup points; the "
-                              "modules are still mixed.", stacklevel=4)
+                              "(e.g. tabular categories), so the input is left out of the mixup "
+                              "points; the modules are still mixed.", stacklevel=4)
 
     def _attach(self):
         if self._active:
@@ -319,8 +321,9 @@ class ManifoldMixer:
         warnings.warn(
             "ManifoldMixup: none of the selected modules ran in this training batch, so it was "
             "not mixed (and trained on the plain loss). If the model was compiled (torch.compile) "
-            "and run in training mode before the mixer existed, its compiled graph has no mixup "
-            "hooks: create the mixer first, or call torch._dynamo.reset().", stacklevel=5)
+            "and run in training mode before the mixer's first batch, its compiled graph has no "
+            "mixup hooks: create the mixer and start its batches first, or call "
+            "torch._dynamo.reset().", stacklevel=5)
 
 
 class OutputMixer:

@@ -64,11 +64,14 @@ def test_help_shows_the_loop_and_the_package_needs_no_fastai():
     doc = ManifoldMixer.__doc__
     assert "with mm.batch(x) as xb" in doc and "mm.loss(" in doc and "mm.remove()" in doc
     assert "om.loss(" in OutputMixer.__doc__
-    code = ("import sys, torch, torch.nn as nn, torch.nn.functional as F; import manifold_mixup as m; "
-            "net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2)); "
-            "mm = m.ManifoldMixer(net, verbose=False); x = torch.randn(4, 2); "
-            "exec('with mm.batch(x) as xb: loss = mm.loss(F.cross_entropy, net(xb), torch.zeros(4, dtype=torch.long))'); "
-            "loss.backward(); sys.exit(1 if 'fastai' in sys.modules else 0)")
+    code = "\n".join([
+        "import sys, torch, torch.nn as nn, torch.nn.functional as F, manifold_mixup as m",
+        "net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))",
+        "mm = m.ManifoldMixer(net, verbose=False)",
+        "with mm.batch(torch.randn(4, 2)) as xb:",
+        "    loss = mm.loss(F.cross_entropy, net(xb), torch.zeros(4, dtype=torch.long))",
+        "loss.backward()",
+        "sys.exit(1 if 'fastai' in sys.modules else 0)"])
     env = dict(os.environ, PYTHONPATH=str(ROOT / "python"))
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
 
@@ -88,7 +91,9 @@ def test_one_point_mixes_per_batch_with_the_mixed_output_and_loss():
             loss = mm.loss(F.cross_entropy, out, y)
             chosen, lam, perm = mm.mixer.chosen, mm.mixer.lam, mm.mixer.perm
             assert mm.mixed
-        mix = lambda t: lam.view(-1, *[1] * (t.dim() - 1)) * t + (1 - lam.view(-1, *[1] * (t.dim() - 1))) * t[perm]  # noqa: E731
+        def mix(t):
+            w = lam.view(-1, *[1] * (t.dim() - 1))
+            return w * t + (1 - w) * t[perm]
         if chosen == _C.Mixer.INPUT_POINT:
             torch.testing.assert_close(xb, mix(x))
         else:
@@ -299,12 +304,12 @@ def test_several_inputs_mix_with_one_draw_and_integer_inputs_are_left_out():
     a, b = torch.randn(16, 4), torch.randn(16, 4)
     while True:
         with mm.batch(a, b) as (xa, xb):
+            net(xa, xb)
             if mm.mixer.chosen == _C.Mixer.INPUT_POINT:
                 lam, perm = mm.mixer.lam[:, None], mm.mixer.perm
                 torch.testing.assert_close(xa, lam * a + (1 - lam) * a[perm])
                 torch.testing.assert_close(xb, lam * b + (1 - lam) * b[perm])
                 break
-            net(xa, xb)
     assert mm.mixer.input_mixes == 1
 
     class Emb(nn.Module):
@@ -385,6 +390,9 @@ def test_remove_and_the_context_manager():
         mm.loss(F.cross_entropy, model(x), y)
     with pytest.raises(TypeError, match="model must be an nn.Module"):
         ManifoldMixer(lambda x: x)
+    with pytest.raises(TypeError, match="needs the batch's input"):
+        with mm.batch():
+            pass
 
     def no_reduction(pred, target):  # a loss that cannot give per-sample values
         return F.cross_entropy(pred, target, weight=torch.ones(3))
