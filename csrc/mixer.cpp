@@ -4,8 +4,9 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/DistributionsHelper.h>
 #include <ATen/native/Distributions.h>
-#include <ATen/ops/cross_entropy_loss.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/log_softmax.h>
+#include <ATen/ops/nll_loss.h>
 #include <ATen/ops/index_select.h>
 #include <c10/util/Exception.h>
 
@@ -55,6 +56,23 @@ void Mixer::clear_points() {
   names_.clear();
   mixes_.clear();
   fired_.clear();
+}
+
+void Mixer::retain_points(const std::vector<int64_t>& indices) {
+  MM_CHECK_STATE(!in_batch_, "retain_points: cannot remove mixup points during a batch (call end_batch first)");
+  std::vector<std::string> names;
+  std::vector<int64_t> mixes;
+  int64_t previous = -1;
+  for (int64_t i : indices) {
+    MM_CHECK_ARG(i > previous && i < num_points(), "retain_points: indices must be strictly ",
+                "increasing point indices in [0, ", num_points(), "), got ", c10::IntArrayRef(indices));
+    previous = i;
+    names.push_back(names_[i]);
+    mixes.push_back(mixes_[i]);
+  }
+  names_ = std::move(names);
+  mixes_ = std::move(mixes);
+  fired_.assign(names_.size(), false);
 }
 
 at::Generator Mixer::cpu_generator() const {
@@ -125,6 +143,7 @@ int64_t Mixer::begin_batch(int64_t batch_size, at::Device device) {
     chosen_ = pick < num_points() ? pick : kInputPoint;
   }
   std::fill(fired_.begin(), fired_.end(), false);
+  mixed_ = false;
   batch_size_ = batch_size;
   in_batch_ = true;
   ++batches_;
@@ -135,13 +154,17 @@ void Mixer::check_in_batch(const char* what) const {
   MM_CHECK_STATE(in_batch_, what, ": no batch has begun (call begin_batch first)");
 }
 
-at::Tensor Mixer::mix(const at::Tensor& t) const {
-  check_in_batch("mix");
-  MM_CHECK_ARG(t.defined(), "mix: the tensor to mix is undefined");
-  MM_CHECK_ARG(t.dim() >= 1 && t.size(0) == batch_size_, "mix: the tensor must have the batch's ",
+void Mixer::check_batch_tensor(const at::Tensor& t, const char* what) const {
+  check_in_batch(what);
+  MM_CHECK_ARG(t.defined(), what, ": the tensor to mix is undefined");
+  MM_CHECK_ARG(t.dim() >= 1 && t.size(0) == batch_size_, what, ": the tensor must have the batch's ",
               batch_size_, " samples along dim 0 (as told to begin_batch), got shape ", t.sizes());
-  MM_CHECK_ARG(t.device() == lam_.device(), "mix: the tensor must be on the batch's device (",
+  MM_CHECK_ARG(t.device() == lam_.device(), what, ": the tensor must be on the batch's device (",
               lam_.device(), "), got ", t.device());
+}
+
+at::Tensor Mixer::mix(const at::Tensor& t) const {
+  check_batch_tensor(t, "mix");
   return manifold_mixup::mix(t, perm_, lam_);
 }
 
@@ -150,6 +173,7 @@ at::Tensor Mixer::mix_input(const at::Tensor& x) {
   if (chosen_ != kInputPoint) return x;
   auto out = mix(x);
   ++input_mixes_;
+  mixed_ = true;
   return out;
 }
 
@@ -164,7 +188,20 @@ at::Tensor Mixer::point_output(int64_t point, const at::Tensor& out) {
   auto mixed = mix(out);
   fired_[point] = true;
   ++mixes_[point];
+  mixed_ = true;
   return mixed;
+}
+
+void Mixer::record_point_mixed(int64_t point, int64_t calls) {
+  check_in_batch("record_point_mixed");
+  MM_CHECK_STATE(point == chosen_ && point >= 0, "record_point_mixed: point ", point,
+              " is not the batch's chosen point (", chosen_, ")");
+  MM_CHECK_ARG(calls >= 1, "record_point_mixed: calls must be >= 1 (the mixed call), got ", calls);
+  MM_CHECK_STATE(!fired_[point], "record_point_mixed: point ", point, " has already mixed in this batch");
+  fired_[point] = true;
+  ++mixes_[point];
+  repeated_calls_ += calls - 1;
+  mixed_ = true;
 }
 
 at::Tensor Mixer::mixed_loss(const at::Tensor& loss_own, const at::Tensor& loss_other) const {
@@ -173,6 +210,7 @@ at::Tensor Mixer::mixed_loss(const at::Tensor& loss_own, const at::Tensor& loss_
               "mixed_loss: loss_own must be an unreduced loss of shape [", batch_size_, ", ...]");
   MM_CHECK_ARG(loss_other.defined() && loss_other.sizes() == loss_own.sizes(),
               "mixed_loss: loss_other must have loss_own's shape ", loss_own.sizes());
+  if (!mixed_) return loss_own;
   std::vector<int64_t> shape(loss_own.dim(), 1);
   shape[0] = batch_size_;
   const auto lam = lam_.to(loss_own.scalar_type()).view(shape);
@@ -191,20 +229,36 @@ at::Tensor Mixer::mixed_cross_entropy(const at::Tensor& logits, const at::Tensor
               "mixed_cross_entropy: target must be int64 class indices of shape [", batch_size_, "]");
   MM_CHECK_ARG(target.device() == logits.device(), "mixed_cross_entropy: target must be on the ",
               "logits' device (", logits.device(), "), got ", target.device());
+  // One log-softmax shared by both targets: its backward runs once, on the summed gradient.
+  const bool reduced = logits.scalar_type() == at::kHalf || logits.scalar_type() == at::kBFloat16;
+  const auto logp = at::log_softmax(reduced ? logits.to(at::kFloat) : logits, 1);
+  constexpr int64_t kIgnoreIndex = -100;  // torch's default, as in F.cross_entropy
   const auto none = at::Reduction::None;
-  const auto own = at::cross_entropy_loss(logits, target, {}, none);
-  const auto other = at::cross_entropy_loss(logits, target.index_select(0, perm_), {}, none);
+  const auto own = at::nll_loss(logp, target, {}, none, kIgnoreIndex);
+  if (!mixed_) return own;
+  const auto other = at::nll_loss(logp, target.index_select(0, perm_), {}, none, kIgnoreIndex);
   return mixed_loss(own, other);
 }
 
+at::Tensor Mixer::mix_targets(const at::Tensor& y) const {
+  check_batch_tensor(y, "mix_targets");
+  // Checked whether or not this batch mixed, so that misuse does not depend on the draw.
+  MM_CHECK_ARG(at::isFloatingType(y.scalar_type()), "mix_targets: the targets must be a floating ",
+              "tensor (regression), got ", y.scalar_type(), "; integer targets are class indices: ",
+              "mix the loss instead (mixed_cross_entropy or mixed_loss)");
+  return mixed_ ? manifold_mixup::mix(y, perm_, lam_) : y;
+}
+
 void Mixer::end_batch() {
+  if (in_batch_ && chosen_ != kNoPoint && !mixed_) ++unmixed_batches_;
   in_batch_ = false;
+  mixed_ = false;
   chosen_ = kNoPoint;
 }
 
 void Mixer::reset_counters() {
   std::fill(mixes_.begin(), mixes_.end(), 0);
-  input_mixes_ = batches_ = repeated_calls_ = 0;
+  input_mixes_ = batches_ = repeated_calls_ = unmixed_batches_ = 0;
 }
 
 }  // namespace manifold_mixup

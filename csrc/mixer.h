@@ -6,9 +6,13 @@
 //                            perm = a random permutation of B, and the point that mixes
 //   mix_input(x)             mixes x if the input was chosen
 //   point_output(i, out)     called from mixup point i's forward hook: mixes `out` the first
-//                            time the chosen point runs in the batch
-//   mixed_loss / mixed_cross_entropy / mix_targets
+//                            time the chosen point runs in the batch (or record_point_mixed,
+//                            from a hook that mixes with lam() and perm() itself)
+//   mixed_loss / mixed_cross_entropy / mix_targets, after the forward
 //   end_batch()              disarms
+// mixed() is the one answer to "did this batch mix?": only the chosen point's actual mixing sets
+// it, so a batch whose chosen point never ran (a container, a module outside the model or in
+// eval mode, a non-tensor output) trains on the plain loss and plain targets, and is counted.
 // Everything is drawn on the CPU generator (the Mixer's own when seeded, else torch's default,
 // so torch.manual_seed governs it); lam and perm are then moved to the batch's device.
 #pragma once
@@ -46,6 +50,7 @@ class Mixer {
   void set_alpha(double alpha);
   bool input_mixup() const { return options_.input_mixup; }
   void set_input_mixup(bool on) { options_.input_mixup = on; }
+  const std::optional<uint64_t>& seed() const { return options_.seed; }
   // Sets alpha from the schedule after `step` batches (no-op without a schedule). Alpha moves
   // only here: begin_batch does not advance the schedule.
   void set_step(int64_t step);
@@ -53,6 +58,9 @@ class Mixer {
   // Mixup points (modules). Returns the new point's index. Names are for counters and errors.
   int64_t add_point(const std::string& name);
   void clear_points();
+  // Keeps only the points at `indices` (strictly increasing), renumbered 0.. in that order,
+  // with their counters: how a host drops candidates it found never run.
+  void retain_points(const std::vector<int64_t>& indices);
   int64_t num_points() const { return static_cast<int64_t>(names_.size()); }
   const std::vector<std::string>& point_names() const { return names_; }
 
@@ -75,14 +83,27 @@ class Mixer {
   // run yet in this batch; otherwise `out` unchanged (a repeated call is counted, see
   // repeated_calls()).
   at::Tensor point_output(int64_t point, const at::Tensor& out);
+  // For a hook that mixes the chosen point's output itself (mix(out, perm(), lam()) from code a
+  // compiler traces, which cannot call back here): the chosen `point` ran `calls` >= 1 times in
+  // this batch and its first output was mixed. Call at most once per batch, after the forward.
+  void record_point_mixed(int64_t point, int64_t calls);
+  // Whether this batch mixed: the input was mixed by mix_input, or the chosen point's output by
+  // point_output / record_point_mixed. False before the forward, and for the whole batch when the
+  // chosen point did not run.
+  bool mixed() const { return mixed_; }
+  // The losses and targets below read mixed(): a batch that did not mix gets the plain loss
+  // (loss_own, CE(logits, y)) and the plain targets, so call them after the forward.
   // Per-sample lam * loss_own + (1 - lam) * loss_other, both unreduced, of shape [B, ...]
   // (lam broadcast over the other dimensions, e.g. per-pixel losses).
   at::Tensor mixed_loss(const at::Tensor& loss_own, const at::Tensor& loss_other) const;
   // Per-sample mixed cross-entropy of logits [B, C] against int64 class targets [B]:
-  // lam * CE(logits, y) + (1 - lam) * CE(logits, y[perm]); returns [B].
+  // lam * CE(logits, y) + (1 - lam) * CE(logits, y[perm]) from one log-softmax (computed in
+  // float32 for float16/bfloat16 logits, as autocast does for cross-entropy); targets equal to
+  // -100 are ignored (loss 0), as in torch's cross_entropy. Returns [B].
   at::Tensor mixed_cross_entropy(const at::Tensor& logits, const at::Tensor& target) const;
-  // Regression targets mixed like any tensor.
-  at::Tensor mix_targets(const at::Tensor& y) const { return mix(y); }
+  // Regression targets mixed like any tensor (unchanged when the batch did not mix).
+  at::Tensor mix_targets(const at::Tensor& y) const;
+  // Ends the batch; counts it in unmixed_batches() if a point was chosen but did not mix.
   void end_batch();
 
   // Counters since creation (or reset_counters).
@@ -91,10 +112,13 @@ class Mixer {
   int64_t input_mixes() const { return input_mixes_; }
   // Calls of the chosen point after its first one in the same batch (left unmixed).
   int64_t repeated_calls() const { return repeated_calls_; }
+  // Batches that chose a point (alpha > 0) but ended without mixing: they trained plainly.
+  int64_t unmixed_batches() const { return unmixed_batches_; }
   void reset_counters();
 
  private:
   void check_in_batch(const char* what) const;
+  void check_batch_tensor(const at::Tensor& t, const char* what) const;
   at::Generator cpu_generator() const;
   // lam ~ Beta(alpha, alpha) folded (all 1 for alpha 0) and a random permutation, [B] each,
   // on `device`, drawn from cpu_generator().
@@ -108,9 +132,10 @@ class Mixer {
   std::vector<std::string> names_;
   std::vector<int64_t> mixes_;
   std::vector<bool> fired_;
-  int64_t input_mixes_ = 0, batches_ = 0, repeated_calls_ = 0;
+  int64_t input_mixes_ = 0, batches_ = 0, repeated_calls_ = 0, unmixed_batches_ = 0;
 
   bool in_batch_ = false;
+  bool mixed_ = false;
   int64_t chosen_ = kNoPoint;
   int64_t batch_size_ = 0;
   at::Tensor lam_, perm_;

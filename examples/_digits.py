@@ -1,9 +1,9 @@
 """What the examples and `make demo` share: scikit-learn's bundled digits (8x8, no download)
-and a small residual CNN whose blocks ManifoldMixup finds by their class name."""
+and a small residual CNN whose blocks ManifoldMixup finds by their class name. Only
+digits_dls needs fastai (the plain-PyTorch examples do not)."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from fastai.basics import DataLoaders
 from sklearn.datasets import load_digits
 
 N_TRAIN = 1300
@@ -39,5 +39,6 @@ def digits(seed=0):
 
 
 def digits_dls(bs=64, seed=0):
+    from fastai.basics import DataLoaders
     train, valid = digits(seed)
     return DataLoaders.from_dsets(list(zip(*train)), list(zip(*valid)), bs=bs)

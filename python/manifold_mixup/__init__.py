@@ -1,18 +1,21 @@
 """Manifold Mixup for PyTorch and fastai, with the mixing done in native code on libtorch.
 
-`from manifold_mixup import *` gives the fastai callbacks (ManifoldMixup, OutputMixup,
+Any PyTorch training loop: `ManifoldMixer(model)` and `OutputMixer()` (see their help).
+fastai: `from manifold_mixup import *` gives the callbacks (ManifoldMixup, OutputMixup,
 DynamicManifoldMixup, DynamicOutputMixup), ManifoldMixupModule and non_mixable_module_types.
-The op `mix` (torch.ops.manifold_mixup.mix) needs only torch; the callbacks need fastai.
+The op `mix` (torch.ops.manifold_mixup.mix) and the mixers need only torch; the callbacks need
+fastai.
 """
 import torch  # noqa: F401  (libtorch must be loaded before the extension)
 
 from . import _C
+from .mixers import ManifoldMixer, OutputMixer
 from .ops import mix
 from .selection import ManifoldMixupModule, non_mixable_module_types
 
 __version__ = "0.1.0"
 __all__ = ["ManifoldMixup", "OutputMixup", "DynamicManifoldMixup", "DynamicOutputMixup",
-           "ManifoldMixupModule", "non_mixable_module_types", "mix"]
+           "ManifoldMixupModule", "non_mixable_module_types", "mix", "ManifoldMixer", "OutputMixer"]
 
 _CALLBACKS = {"ManifoldMixup", "OutputMixup", "DynamicManifoldMixup", "DynamicOutputMixup"}
 

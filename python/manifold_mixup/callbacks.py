@@ -1,102 +1,90 @@
-"""fastai callbacks over the native Mixer: ManifoldMixup, OutputMixup and their Dynamic
-variants. Python only forwards fastai's events; weights, permutation, the choice of mixup
-point and the mixing itself are C++ (manifold_mixup._C)."""
+"""fastai callbacks over the plain-PyTorch API (manifold_mixup.mixers): ManifoldMixup,
+OutputMixup and their Dynamic variants. They only translate fastai's events: the selection,
+the hooks, the loss and every number are ManifoldMixer's / OutputMixer's (and the native Mixer's)."""
 import math
-import warnings
+from functools import partial
 
-import torch
+import torch.nn as nn
 from fastai.callback.core import Callback
-from fastai.callback.mixup import reduce_loss
+from fastai.callback.mixup import MixHandler
 from fastai.callback.schedule import SchedCos
-from fastai.layers import NoneReduce
-from fastai.torch_core import find_bs
 
-from . import _C
-from .selection import select_modules
+from .mixers import ManifoldMixer, OutputMixer, check_alpha, check_flag
 
 __all__ = ["ManifoldMixup", "OutputMixup", "DynamicManifoldMixup", "DynamicOutputMixup"]
 
 
-def _check_alpha(alpha, name):
-    if not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
-        raise ValueError(f"{name} must be a finite number >= 0 (0 means no mixing), got {alpha!r}")
-
-
-class _MixupCallback(Callback):
-    "What ManifoldMixup and OutputMixup share: the Mixer, the loss wrapper, cleanup."
+class _MixupCallback(MixHandler):
+    """What ManifoldMixup and OutputMixup share: fastai's MixHandler loss swap for training
+    phases (validation and get_preds see the original loss), one mixer per fit, and the refusal
+    of a second mixing callback."""
     run_valid = False
+    # learn.export() pickles callbacks: the mixer is rebuilt at the next fit.
+    _stateattrs = ("_mm", "_scope")
 
-    def __init__(self, alpha):
-        _check_alpha(alpha, "alpha")
-        self.alpha, self.mixer = alpha, None
+    def __init__(self, alpha, verbose):
+        Callback.__init__(self)  # not MixHandler's: it builds a Beta law, which alpha 0 has not
+        self.alpha, self.verbose = check_alpha(alpha), verbose
+        check_flag(verbose, "verbose")
+        self._mm, self._scope, self._said = None, None, False
 
-    def _new_mixer(self, input_mixup):
-        self.mixer = _C.Mixer(alpha=self.alpha, input_mixup=input_mixup)
+    def _init_state(self):  # fastcore's Stateful: after unpickling
+        super()._init_state()
+        self._mm = self._scope = None
 
-    def _begin(self):
-        "Starts the Mixer's batch on the batch's device; returns the chosen point."
-        ref = self.yb[0] if len(self.yb) else self.xb[0]
-        return self.mixer.begin_batch(find_bs(self.yb if len(self.yb) else self.xb), ref.device)
+    @property
+    def mixer(self):
+        "The native Mixer of the current (or last) fit: lam, perm, chosen, mixed, counters."
+        return self._mm.mixer if self._mm is not None else None
 
-    # fastai calls before_fit/after_fit around get_preds and validate too, so the per-fit
-    # setup waits for the first before_train, and the loss is wrapped for training phases
-    # only (as fastai's MixHandler does): validation always sees the original loss.
+    def _verbose_once(self):
+        "The selection line goes out once per callback object, above fastai's progress bar."
+        first, self._said = not self._said, True
+        return self._write_line if first and self.verbose else False
+
+    def _write_line(self, line):
+        bar = getattr(getattr(self.learn, "progress", None), "mbar", None)
+        (bar.write if bar is not None else print)(line)
+
+    # fastai calls before_fit/after_fit around get_preds and validate too, so the mixer is
+    # built at the first before_train of a fit.
     def before_fit(self):
+        others = [cb for cb in self.learn.cbs if cb is not self and isinstance(cb, MixHandler)]
+        if others:
+            raise ValueError(
+                f"{type(self).__name__} and {type(others[0]).__name__} are both in this Learner's "
+                "callbacks: each mixes the batch and its loss, so together they would mix twice "
+                "(and the losses would not match). Keep one of them.")
+        if self.learn.loss_func == self.lf:  # left wrapped by a fit that raised
+            self.learn.loss_func = self.old_lf
         self._set_up = False
 
     def before_train(self):
         if not self._set_up:
             self._set_up = True
-            self._setup()
-        if self.learn.loss_func != self._loss_func:  # still wrapped if a fit raised
-            self._old_lf = self.learn.loss_func
-        self.stack_y = bool(getattr(self._old_lf, "y_int", False))
-        if self.stack_y:
-            self.learn.loss_func = self._loss_func
+            self._mm = self._new_mixer()
+        if self.learn.loss_func != self.lf:
+            self.old_lf, self.learn.loss_func = self.learn.loss_func, self.lf
+
+    def before_batch(self):
+        pass
+
+    def lf(self, pred, *yb):
+        "The training loss: the mixer's mixed loss of the original one (plain outside training)."
+        if not self.training or self._mm is None:
+            return self.old_lf(pred, *yb)
+        return self._mixed_loss(pred, *yb)
 
     def after_train(self):
         self._end_batch()
-        if self.learn.loss_func == self._loss_func:
-            self.learn.loss_func = self._old_lf
-
-    def after_cancel_train(self):
-        self.after_train()
-
-    def _mixed_loss(self, pred, *yb):
-        "lam * L(pred, y) + (1 - lam) * L(pred, y[perm]), reduced as the original loss says."
-        old_lf = self._old_lf
-        bs = pred.shape[0]
-        with NoneReduce(old_lf) as lf:
-            own = lf(pred, *yb)
-            other = lf(pred, *(y[self.mixer.perm] for y in yb))
-        if own.dim() == 1 and own.shape[0] != bs:  # flattened per-element losses
-            own, other = own.view(bs, -1), other.view(bs, -1)
-        loss = self.mixer.mixed_loss(own, other)
-        return reduce_loss(loss, getattr(old_lf, "reduction", "mean"))
-
-    def _loss_func(self, pred, *yb):
-        if not (self.training and self.mixer.in_batch and self.mixer.chosen != _C.Mixer.NO_POINT):
-            return self._old_lf(pred, *yb)
-        return self._mixed_loss(pred, *yb)
-
-    def _end_batch(self):
-        if self.mixer is not None and self.mixer.in_batch:
-            self.mixer.end_batch()
-
-    def after_batch(self):
-        self._end_batch()
+        if self.learn.loss_func == self.lf:
+            self.learn.loss_func = self.old_lf
 
     def after_fit(self):
         self.after_train()
 
-    def after_cancel_fit(self):
-        self.after_fit()
-
-    def __getstate__(self):
-        # learn.export() pickles the callbacks; the native objects are rebuilt at the next fit.
-        state = {k: v for k, v in self.__dict__.items() if k not in ("mixer", "_hooks", "_handle")}
-        state["mixer"] = None
-        return state
+    def _end_batch(self):
+        pass
 
 
 class ManifoldMixup(_MixupCallback):
@@ -105,82 +93,122 @@ class ManifoldMixup(_MixupCallback):
     def __init__(self,
                  alpha: float = 0.4,  # parameter of the Beta(alpha, alpha) law of the weights; 0: no mixing
                  use_input_mixup: bool = True,  # the input is one of the mixup points
-                 module_list=None):  # explicit modules to mix; None: selected from the model
-        super().__init__(alpha)
-        self.use_input_mixup, self.module_list = use_input_mixup, module_list
-        self._user_module_list, self._handle = module_list, None
+                 module_list=None,  # modules to mix (a list or one module); None: selected from the model
+                 verbose: bool = True):  # say once which modules were selected (rank 0)
+        super().__init__(alpha, verbose)
+        self.use_input_mixup = check_flag(use_input_mixup, "use_input_mixup")
+        if module_list is not None and not isinstance(module_list, nn.Module):
+            module_list = list(module_list)
+        self._user_module_list = module_list
 
-    def _setup(self):
-        self._remove_hook()
-        self.module_list = select_modules(self.learn.model, self._user_module_list)
-        names = {id(m): n for n, m in self.learn.model.named_modules()}
-        self._new_mixer(self.use_input_mixup)
-        for i, m in enumerate(self.module_list):
-            self.mixer.add_point(names.get(id(m), type(m).__name__) or "model")
-        self._hooks = [_C.PointHook(self.mixer, i) for i in range(len(self.module_list))]
-        self._input_checked = self._warned_repeat = False
+    @property
+    def module_list(self):
+        "The modules mixed at in the current (or last) fit; before any fit, the ones passed in."
+        return self._mm.modules if self._mm is not None else self._user_module_list
 
-    def _check_input(self):
-        "Once per fit: integer inputs (tabular categories) cannot be mixed; leave the input out."
-        self._input_checked = True
-        if self.mixer.input_mixup and not all(torch.is_floating_point(x) for x in self.xb):
-            self.mixer.input_mixup = False
-            warnings.warn("ManifoldMixup: the batch input is not all floating tensors (e.g. "
-                          "tabular categories), so the input is left out of the mixup points "
-                          "for this fit; the modules are still mixed.")
+    def _new_mixer(self):
+        return ManifoldMixer(self.learn.model, self.alpha, modules=self._user_module_list,
+                             input_mixup=self.use_input_mixup, verbose=self._verbose_once())
+
+    def before_fit(self):
+        super().before_fit()
+        self._scope_batches()
 
     def before_batch(self):
-        if not self._input_checked:
-            self._check_input()
-        chosen = self._begin()
-        if chosen == _C.Mixer.INPUT_POINT:
-            self.learn.xb = tuple(self.mixer.mix_input(x) for x in self.xb)
-        elif chosen >= 0:
-            self._handle = self.module_list[chosen].register_forward_hook(self._hooks[chosen])
-        if not self.stack_y and chosen != _C.Mixer.NO_POINT:  # regression: mix the targets
-            self.learn.yb = tuple(self.mixer.mix_targets(y) for y in self.yb)
+        self.learn.xb = self._mm._begin(self.xb)
 
     def after_pred(self):
-        self._remove_hook()  # a hook lives for the forward pass only
+        self._mm._detach()  # a hook lives for the forward pass only
+
+    def _mixed_loss(self, pred, *yb):
+        if not self._mm._begun:  # a training-mode loss outside a batch (another callback's)
+            return self.old_lf(pred, *yb)
+        return self._mm.loss(self.old_lf, pred, *yb)
+
+    def _end_batch(self):
+        if self._mm is not None:
+            self._mm._end(completed=False)
 
     def after_batch(self):
-        self._remove_hook()
-        if self.mixer.repeated_calls and not self._warned_repeat:
-            self._warned_repeat = True
-            warnings.warn("ManifoldMixup: a mixup point ran more than once in a batch (a module "
-                          "used recurrently or shared); only its first call was mixed. Pass "
-                          "module_list=[...] to choose modules that run once per batch.")
-        super().after_batch()
+        self._end_batch()
 
-    def after_train(self):
-        self._remove_hook()
-        super().after_train()
+    def after_fit(self):
+        super().after_fit()
+        self._unscope_batches()
 
-    def _remove_hook(self):
-        if getattr(self, "_handle", None) is not None:
-            self._handle.remove()
-            self._handle = None
+    # fastai sends no event after an exception that is not a Cancel*Exception (a
+    # KeyboardInterrupt inside a layer, an error in the loss): the batch runs inside try/finally
+    # here, so that no hook outlives it whatever raises.
+    def _scope_batches(self):
+        learn = self.learn
+        current = learn.__dict__.get("_do_one_batch")
+        if current is not None and current is self._scope:
+            return
+        inner = current if current is not None else partial(type(learn)._do_one_batch, learn)
+        self._scope = partial(self._one_batch, learn, inner)
+        learn._do_one_batch = self._scope
+
+    def _unscope_batches(self):
+        learn = self.learn
+        if self._scope is not None and learn.__dict__.get("_do_one_batch") is self._scope:
+            inner = self._scope.args[1]
+            if isinstance(inner, partial) and inner.func is type(learn)._do_one_batch:
+                del learn._do_one_batch
+            else:
+                learn._do_one_batch = inner
+        self._scope = None
+
+    def _one_batch(self, learn, inner):
+        if self.learn is not learn or self._mm is None or not learn.training:
+            return inner()
+        try:
+            self._mm._attach()
+            inner()
+        except BaseException:
+            self._mm._end(completed=False)
+            raise
+        self._mm._end(completed=True)
 
 
 class OutputMixup(_MixupCallback):
     "Mixes the final output (logits) inside the loss, each training batch"
 
-    def __init__(self, alpha: float = 0.4):  # parameter of the Beta(alpha, alpha) law; 0: no mixing
-        super().__init__(alpha)
+    def __init__(self,
+                 alpha: float = 0.4,  # parameter of the Beta(alpha, alpha) law; 0: no mixing
+                 verbose: bool = True):  # kept for symmetry with ManifoldMixup (nothing to say)
+        super().__init__(alpha, verbose)
 
-    def _setup(self):
-        if not getattr(self.learn.loss_func, "y_int", False):
-            raise ValueError("OutputMixup needs a classification loss (one with y_int=True, such "
-                             "as CrossEntropyLossFlat): mixing logits means nothing for regression. "
-                             "Use ManifoldMixup instead.")
-        self._new_mixer(input_mixup=False)
-        self.mixer.add_point("output")  # the logits are the one mixup point
-
-    def before_batch(self):
-        self._begin()
+    def _new_mixer(self):
+        OutputMixer.check_loss(self.learn.loss_func)  # the original: before_fit restored it
+        return OutputMixer(self.alpha)
 
     def _mixed_loss(self, pred, *yb):
-        return super()._mixed_loss(self.mixer.point_output(0, pred), *yb)
+        return self._mm.loss(self.old_lf, pred, *yb)
+
+
+_SCHEDULER_FIXES = {
+    "SchedExp": "an exponential schedule multiplies alpha_min by a ratio, so it cannot start at "
+                "0: pass alpha_min > 0 (e.g. alpha_min=0.01), or use SchedCos or SchedLin",
+    "SchedPoly": "SchedPoly takes a power: pass scheduler=functools.partial(SchedPoly, power=2)",
+}
+
+
+def _check_scheduler(scheduler, alpha_min, alpha_max):
+    "scheduler(alpha_min, alpha_max), tried over [0, 1] now rather than at some batch."
+    name = getattr(scheduler, "__name__", None) or getattr(
+        getattr(scheduler, "func", None), "__name__", None) or repr(scheduler)
+    fix = _SCHEDULER_FIXES.get(name, "pass a function scheduler(alpha_min, alpha_max) whose "
+                                     "result maps pct_train in [0, 1] to an alpha >= 0")
+    try:
+        schedule = scheduler(alpha_min, alpha_max)
+        values = [float(schedule(p)) for p in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    except Exception as e:
+        raise ValueError(f"scheduler={name} cannot schedule alpha from alpha_min={alpha_min} to "
+                         f"alpha_max={alpha_max} ({type(e).__name__}: {e}): {fix}") from e
+    if not all(math.isfinite(v) and v > -1e-9 for v in values):
+        raise ValueError(f"scheduler={name} from alpha_min={alpha_min} to alpha_max={alpha_max} "
+                         f"gives alphas {values} over pct_train 0..1, not all finite and >= 0: {fix}")
+    return schedule
 
 
 class _Scheduled:
@@ -190,16 +218,15 @@ class _Scheduled:
         if "alpha" in kwargs:
             raise TypeError(f"{type(self).__name__} takes alpha_max (and alpha_min) instead of "
                             f"alpha: use alpha_max={kwargs['alpha']!r}")
-        _check_alpha(alpha_min, "alpha_min")
-        _check_alpha(alpha_max, "alpha_max")
+        alpha_min, alpha_max = check_alpha(alpha_min, "alpha_min"), check_alpha(alpha_max, "alpha_max")
+        schedule = _check_scheduler(scheduler, alpha_min, alpha_max)
         super().__init__(alpha=alpha_min, **kwargs)
         self.alpha_min, self.alpha_max, self.scheduler = alpha_min, alpha_max, scheduler
-        self._schedule = scheduler(alpha_min, alpha_max)
+        self._schedule = schedule
 
     def before_batch(self):
         alpha = float(self._schedule(self.pct_train))
-        _check_alpha(max(alpha, 0.0) if alpha > -1e-9 else alpha, "the scheduled alpha")
-        self.alpha = self.mixer.alpha = max(alpha, 0.0)  # rounding may give -1e-17
+        self.alpha = self._mm.alpha = max(alpha, 0.0) if alpha > -1e-9 else alpha  # rounding: -1e-17
         super().before_batch()
 
 

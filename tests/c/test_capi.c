@@ -415,6 +415,8 @@ static void test_regression_targets_and_schedule(void) {
   mm_mixer_config cfg;
   mm_mixer* mixer = NULL;
   mm_tensor *t = NULL, *mixed = NULL, *lam_t = NULL, *perm_t = NULL, *loss = NULL;
+  mm_tensor *x = make_input(), *out = NULL;
+  mm_module* mod = NULL;
   float y[B * C], got[B * C], expect[B * C], lam[B];
   int64_t perm[B], shape[2] = {B, C};
   double alpha = -1, v = -1;
@@ -433,7 +435,15 @@ static void test_regression_targets_and_schedule(void) {
   CHECK_OK(mm_mixer_alpha(mixer, &alpha));
   CHECK(fabs(alpha - 0.5) < 1e-12);
   CHECK_OK(mm_tensor_from_host(y, MM_FLOAT32, shape, 2, &t));
+  CHECK_OK(mm_module_load(model_path("mlp"), &mod));
   CHECK_OK(mm_batch_begin(mixer, B, NULL));
+  /* The targets are mixed only once the batch has mixed (here the input, its one candidate). */
+  CHECK_OK(mm_mix_targets(mixer, t, &mixed));
+  CHECK_OK(mm_tensor_to_host(mixed, got, sizeof got));
+  CHECK(max_diff(got, y, B * C) == 0);
+  mm_tensor_destroy(mixed);
+  mixed = NULL;
+  CHECK_OK(mm_forward(mixer, mod, x, &out));
   CHECK_OK(mm_mix_targets(mixer, t, &mixed));
   CHECK_OK(mm_batch_weights(mixer, &lam_t, &perm_t));
   CHECK_OK(mm_tensor_to_host(mixed, got, sizeof got));
@@ -451,6 +461,9 @@ done:
   mm_tensor_destroy(lam_t);
   mm_tensor_destroy(perm_t);
   mm_tensor_destroy(loss);
+  mm_tensor_destroy(x);
+  mm_tensor_destroy(out);
+  mm_module_destroy(mod);
   mm_mixer_destroy(mixer);
 }
 

@@ -201,7 +201,8 @@ TEST(Mixer, WithoutSeedTorchManualSeedGoverns) {
 
 TEST(Mixer, MixedCrossEntropyIsTheWeightedSumOfTheTwoLosses) {
   Mixer m(options(1.0, true, 9));
-  m.begin_batch(10, torch::kCPU);
+  ASSERT_EQ(m.begin_batch(10, torch::kCPU), Mixer::kInputPoint);  // the only candidate
+  m.mix_input(torch::randn({10, 1}));  // the batch mixed, so its loss and targets are mixed
   const auto logits = torch::randn({10, 4});
   const auto y = torch::randint(4, {10}, torch::kLong);
   const auto got = m.mixed_cross_entropy(logits, y);
@@ -271,6 +272,140 @@ TEST(Schedule, MixerFollowsItsScheduleFromZero) {
   m.set_step(5);
   EXPECT_NEAR(m.alpha(), 0.5, 1e-12);
   EXPECT_NE(m.begin_batch(4, torch::kCPU), Mixer::kNoPoint);
+  m.end_batch();
+}
+
+// ---- did this batch mix? -------------------------------------------------------------------
+
+TEST(MixerMixed, OnlyTheChosenPointsActualMixingCounts) {
+  Mixer m(options(1.0, true, 21));
+  m.add_point("a");
+  m.add_point("b");
+  const auto y = torch::randn({8, 2});
+  int seen_point = 0, seen_input = 0;
+  for (int b = 0; b < 60; ++b) {
+    const int64_t chosen = m.begin_batch(8, torch::kCPU);
+    EXPECT_FALSE(m.mixed());  // nothing has run yet
+    // Before the forward the losses and targets are the plain ones.
+    EXPECT_TRUE(torch::equal(m.mix_targets(y), y));
+    const auto x = torch::randn({8, 2});
+    m.mix_input(x);
+    m.point_output(0, x);
+    m.point_output(1, x);
+    EXPECT_TRUE(m.mixed());
+    seen_input += chosen == Mixer::kInputPoint;
+    seen_point += chosen >= 0;
+    const auto l = m.lam().unsqueeze(1);
+    EXPECT_TRUE(torch::allclose(m.mix_targets(y), l * y + (1 - l) * y.index_select(0, m.perm())));
+    m.end_batch();
+  }
+  EXPECT_GT(seen_input, 0);
+  EXPECT_GT(seen_point, 0);
+  EXPECT_EQ(m.unmixed_batches(), 0);
+}
+
+TEST(MixerMixed, ABatchWhoseChosenPointNeverRanTrainsPlainlyAndIsCounted) {
+  Mixer m(options(1.0, false, 22));
+  m.add_point("never_runs");
+  const auto logits = torch::randn({6, 4});
+  const auto labels = torch::randint(4, {6}, torch::kLong);
+  const auto own = torch::rand({6, 3}), other = torch::rand({6, 3});
+  const auto y = torch::randn({6, 2});
+  for (int b = 0; b < 5; ++b) {
+    ASSERT_EQ(m.begin_batch(6, torch::kCPU), 0);
+    EXPECT_TRUE(torch::allclose(m.mixed_cross_entropy(logits, labels),
+                                torch::nn::functional::cross_entropy(
+                                    logits, labels,
+                                    torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone))));
+    EXPECT_TRUE(torch::equal(m.mixed_loss(own, other), own));
+    EXPECT_TRUE(torch::equal(m.mix_targets(y), y));
+    m.end_batch();
+  }
+  EXPECT_EQ(m.unmixed_batches(), 5);
+  EXPECT_EQ(m.point_mixes()[0], 0);
+  // A batch of alpha 0 chose nothing, so it is not an unmixed batch.
+  m.set_alpha(0);
+  m.begin_batch(6, torch::kCPU);
+  m.end_batch();
+  EXPECT_EQ(m.unmixed_batches(), 5);
+  m.reset_counters();
+  EXPECT_EQ(m.unmixed_batches(), 0);
+}
+
+TEST(MixerMixed, AHookThatMixesItselfRecordsTheMixAndItsRepeats) {
+  Mixer m(options(1.0, false, 23));
+  m.add_point("p");
+  ASSERT_EQ(m.begin_batch(5, torch::kCPU), 0);
+  EXPECT_THROW(m.record_point_mixed(0, 0), c10::Error);  // the mixed call is one of the calls
+  m.record_point_mixed(0, 3);
+  EXPECT_TRUE(m.mixed());
+  EXPECT_EQ(m.point_mixes()[0], 1);
+  EXPECT_EQ(m.repeated_calls(), 2);
+  EXPECT_THROW(m.record_point_mixed(0, 1), c10::Error);  // once per batch
+  const auto own = torch::rand({5}), other = torch::rand({5});
+  EXPECT_TRUE(torch::allclose(m.mixed_loss(own, other), m.lam() * own + (1 - m.lam()) * other));
+  m.end_batch();
+  EXPECT_EQ(m.unmixed_batches(), 0);
+  EXPECT_THROW(m.record_point_mixed(0, 1), c10::Error);  // no batch
+  Mixer n(options(1.0, true, 24));
+  n.add_point("p");
+  int64_t chosen;
+  while ((chosen = n.begin_batch(4, torch::kCPU)) == 0) n.end_batch();
+  EXPECT_THROW(n.record_point_mixed(0, 1), c10::Error);  // not the chosen point
+  n.end_batch();
+}
+
+TEST(MixerMixed, MixedCrossEntropySharesOneLogSoftmaxAndIgnoresMinus100) {
+  Mixer m(options(1.0, true, 25));
+  m.begin_batch(6, torch::kCPU);
+  m.mix_input(torch::randn({6, 1}));
+  ASSERT_TRUE(m.mixed());
+  auto logits = torch::randn({6, 4}, torch::requires_grad());
+  auto y = torch::randint(4, {6}, torch::kLong);
+  y[2] = -100;
+  const auto got = m.mixed_cross_entropy(logits, y);
+  const auto ce = [&](const at::Tensor& t) {
+    return torch::nn::functional::cross_entropy(
+        logits, t, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+  };
+  const auto expected = m.lam() * ce(y) + (1 - m.lam()) * ce(y.index_select(0, m.perm()));
+  EXPECT_TRUE(torch::allclose(got, expected, 1e-5, 1e-6));
+  const auto g1 = torch::autograd::grad({got.sum()}, {logits})[0];
+  const auto g2 = torch::autograd::grad({expected.sum()}, {logits})[0];
+  EXPECT_TRUE(torch::allclose(g1, g2, 1e-5, 1e-6));
+  // bfloat16 logits: computed in float32, as autocast computes cross-entropy.
+  const auto lb = logits.detach().to(torch::kBFloat16);
+  const auto gb = m.mixed_cross_entropy(lb, y);
+  EXPECT_EQ(gb.scalar_type(), torch::kFloat);
+  m.end_batch();
+}
+
+TEST(MixerMixed, MixTargetsRefusesIntegerTargetsWhetherOrNotTheBatchMixed) {
+  Mixer m(options(1.0, false, 26));
+  m.add_point("p");
+  m.begin_batch(4, torch::kCPU);
+  EXPECT_FALSE(m.mixed());
+  EXPECT_THROW(m.mix_targets(torch::zeros({4}, torch::kLong)), c10::Error);
+  EXPECT_THROW(m.mix_targets(torch::zeros({5})), c10::Error);  // wrong batch size, even unmixed
+  m.end_batch();
+}
+
+TEST(MixerMixed, RetainPointsKeepsCountersAndRenumbers) {
+  Mixer m(options(1.0, false, 27));
+  for (const char* n : {"a", "b", "c"}) m.add_point(n);
+  for (int b = 0; b < 30; ++b) {
+    const int64_t c = m.begin_batch(4, torch::kCPU);
+    m.point_output(c, torch::randn({4, 1}));
+    m.end_batch();
+  }
+  const auto before = m.point_mixes();
+  m.retain_points({0, 2});
+  EXPECT_EQ(m.point_names(), (std::vector<std::string>{"a", "c"}));
+  EXPECT_EQ(m.point_mixes(), (std::vector<int64_t>{before[0], before[2]}));
+  EXPECT_THROW(m.retain_points({1, 0}), c10::Error);
+  EXPECT_THROW(m.retain_points({2}), c10::Error);
+  m.begin_batch(4, torch::kCPU);
+  EXPECT_THROW(m.retain_points({0}), c10::Error);  // during a batch
   m.end_batch();
 }
 

@@ -75,16 +75,18 @@ ALL = [ManifoldMixup, OutputMixup, DynamicManifoldMixup, DynamicOutputMixup]
 
 
 class Spy(Callback):
-    "Runs after the mixup callbacks; records what they left on the learner each batch."
+    "Runs after the mixup callbacks; records each batch's draw once the loss is computed."
     order, run_valid = 50, False
 
     def __init__(self, cb):
         self.cb, self.rows = cb, []
 
-    def before_batch(self):
+    def after_loss(self):
         m = self.cb.mixer
-        self.rows.append(dict(pct=self.pct_train, alpha=m.alpha, chosen=m.chosen, lam=m.lam.clone(),
-                              perm=m.perm.clone(), yb=[y.clone() for y in self.yb]))
+        self.rows.append(dict(pct=self.pct_train, alpha=m.alpha, lam=m.lam.clone(),
+                              perm=m.perm.clone(), yb=[y.clone() for y in self.yb],
+                              pred=self.pred.detach().clone(), loss=self.loss.item(),
+                              mixed=m.mixed))
 
 
 class CancelAt(Callback):
@@ -176,7 +178,7 @@ def test_mixing_changes_the_chosen_module_output_only(dls):
     x, _ = dls.train.one_batch()
     with learn.no_bar(), learn.no_logging():
         learn.fit(1, 0.0)  # lr 0: weights stay, so the block can be recomputed
-    # Our hook runs first (registered in before_batch, order 0), Probe's sees the mixed output.
+    # Our hook runs first (it is prepended), so Probe's sees the mixed output.
     block.eval(); block.train()
     lam, perm = cb.mixer.lam, cb.mixer.perm
     with torch.no_grad():
@@ -218,7 +220,7 @@ def test_schedule_starting_at_zero_does_not_crash_and_skips_mixing_there(dls):
     learn = learner(dls, [cb, spy])
     with learn.no_bar(), learn.no_logging():
         learn.fit(1, 3e-3)
-    assert spy.rows[0]["alpha"] == 0 and spy.rows[0]["chosen"] == _C.Mixer.NO_POINT
+    assert spy.rows[0]["alpha"] == 0
     assert torch.equal(spy.rows[0]["lam"], torch.ones_like(spy.rows[0]["lam"]))
     assert sum(cb.mixer.point_mixes) == len(dls.train) - 1
 
@@ -246,7 +248,8 @@ def test_output_mixup_refuses_regression(digits):
             learn.fit(1)
 
 
-def test_regression_targets_are_mixed(digits):
+def test_regression_targets_are_mixed_inside_the_loss(digits):
+    "Regression: the loss is that of the mixed targets, mixed after the forward; yb stays plain."
     x, y = digits
     dls = make_dls(x, y.float()[:, None])
     cb = ManifoldMixup(alpha=1.0)
@@ -263,10 +266,13 @@ def test_regression_targets_are_mixed(digits):
     learn.add_cb(Before())
     with learn.no_bar(), learn.no_logging():
         learn.fit(1, 1e-3)
-    assert learn.loss_func.__class__.__name__ == "BaseLoss"  # not wrapped for regression
+    assert learn.loss_func.__class__.__name__ == "BaseLoss"  # restored after the fit
+    assert len(spy.rows) == len(dls.train) and all(r["mixed"] for r in spy.rows)
     for y0, r in zip(original_targets, spy.rows):
+        assert torch.equal(r["yb"][0], y0)
         lam = r["lam"].view(-1, 1)
-        torch.testing.assert_close(r["yb"][0], lam * y0 + (1 - lam) * y0[r["perm"]])
+        mixed = lam * y0 + (1 - lam) * y0[r["perm"]]
+        assert r["loss"] == pytest.approx(F.mse_loss(r["pred"], mixed).item(), rel=1e-5)
 
 
 def test_same_seed_same_run(digits):
@@ -354,3 +360,241 @@ def test_a_fit_that_raises_leaves_a_harmless_loss_that_the_next_fit_restores(dls
         learn.fit(1, 3e-3)
     assert learn.loss_func is original and hooks_left(learn.model) == 0
     assert sum(cb.mixer.point_mixes) + cb.mixer.input_mixes == len(dls.train)
+
+
+# --- runtime: whatever raises, whatever the loss, whatever else is in cbs ----------------------
+
+class RaiseAt(nn.Module):
+    "Identity that raises `exc` at its n-th training call (a layer interrupted mid-forward)."
+
+    def __init__(self, exc, at):
+        super().__init__()
+        self.exc, self.at, self.calls = exc, at, 0
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+            if self.calls == self.at:
+                raise self.exc
+        return x
+
+
+def cnn_raising(exc, at):
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), ResBlock(8), RaiseAt(exc, at),
+                         ResBlock(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+
+
+def test_cancel_epoch_mid_batch_then_the_next_epoch_trains(dls):
+    from fastai.basics import CancelEpochException
+    cb = ManifoldMixup(alpha=1.0)
+    learn = learner(dls, [cb], model=cnn_raising(CancelEpochException(), at=3))
+    original = learn.loss_func
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(2, 3e-3)
+    assert learn.loss_func is original and hooks_left(learn.model) == 0
+    assert cb.mixer.batches == 3 + len(dls.train) and not cb.mixer.in_batch
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt(), RuntimeError("inside a layer")],
+                         ids=["KeyboardInterrupt", "RuntimeError"])
+def test_an_exception_inside_the_forward_leaves_no_hook(dls, exc, tmp_path):
+    cb = ManifoldMixup(alpha=1.0)
+    model = cnn_raising(exc, at=2)
+    learn = learner(dls, [cb], model=model)
+    with learn.no_bar(), learn.no_logging():
+        with pytest.raises(type(exc)):
+            learn.fit(1, 3e-3)
+    assert hooks_left(learn.model) == 0 and not cb.mixer.in_batch
+    torch.save(learn.model, tmp_path / "model.pt")
+    copy.deepcopy(learn.model)
+    learn.path = tmp_path
+    learn.export("learner.pkl")
+    load_learner(tmp_path / "learner.pkl")
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1, 3e-3)  # the next fit restores the loss and trains
+    assert hooks_left(learn.model) == 0 and learn.loss_func.__class__.__name__ == "CrossEntropyLossFlat"
+    assert cb.mixer.batches == len(dls.train)
+
+
+@pytest.mark.parametrize("cls", [OutputMixup, DynamicOutputMixup])
+def test_output_mixup_after_a_fit_that_raised(dls, cls):
+    class Boom(Callback):
+        order, run_valid = 60, False
+
+        def after_batch(self):
+            if self.iter == 1:
+                raise RuntimeError("boom")
+
+    cb = cls(alpha=1.0) if cls is OutputMixup else cls(alpha_min=0.5, alpha_max=1.0)
+    learn = learner(dls, [cb])
+    original = learn.loss_func
+    with learn.no_bar(), learn.no_logging():
+        with pytest.raises(RuntimeError, match="boom"):
+            learn.fit(1, 3e-3, cbs=[Boom()])
+        learn.fit(1, 3e-3)  # used to refuse: it inspected the still-wrapped loss
+    assert learn.loss_func is original and cb.mixer.point_mixes == [len(dls.train)]
+
+
+@pytest.mark.parametrize("pair", ["MixUp+ManifoldMixup", "ManifoldMixup+MixUp", "ManifoldMixup+OutputMixup",
+                                  "CutMix+DynamicOutputMixup"])
+def test_two_mixing_callbacks_are_refused_at_the_start_of_the_fit_naming_both(dls, pair):
+    from fastai.callback.mixup import CutMix, MixUp
+    classes = dict(MixUp=MixUp, CutMix=CutMix, ManifoldMixup=ManifoldMixup, OutputMixup=OutputMixup,
+                   DynamicOutputMixup=DynamicOutputMixup)
+    names = pair.split("+")
+    learn = learner(dls, [classes[n]() for n in names])
+    original = learn.loss_func
+    with learn.no_bar(), learn.no_logging():
+        with pytest.raises(ValueError, match="are both in this Learner's callbacks") as e:
+            learn.fit(1, 3e-3)
+    assert all(n in str(e.value) for n in names)
+    assert learn.train_iter == 0 and learn.loss_func is original and hooks_left(learn.model) == 0
+
+
+def test_plain_torch_cross_entropy_is_classification(dls):
+    for cb in (ManifoldMixup(alpha=1.0), OutputMixup(alpha=1.0)):
+        spy = Spy(cb)
+        learn = learner(dls, [cb, spy], loss=nn.CrossEntropyLoss())  # no y_int
+        with learn.no_bar(), learn.no_logging():
+            learn.fit(1, 3e-3)
+        assert cb.mixer.batches == len(dls.train) == sum(cb.mixer.point_mixes) + getattr(
+            cb.mixer, "input_mixes", 0)
+        for r in spy.rows[:3]:
+            if isinstance(cb, ManifoldMixup):
+                y, lam, perm = r["yb"][0], r["lam"], r["perm"]
+                expected = (lam * F.cross_entropy(r["pred"], y, reduction="none")
+                            + (1 - lam) * F.cross_entropy(r["pred"], y[perm], reduction="none")).mean()
+                assert r["loss"] == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_bce_multi_label_is_classification_for_both_callbacks(digits):
+    from fastai.losses import BCEWithLogitsLossFlat
+    x, y = digits
+    multi = torch.stack([y % 2 == 0, y > 4, y % 3 == 0], 1).float()
+    for cb in (ManifoldMixup(alpha=1.0), OutputMixup(alpha=1.0), DynamicOutputMixup(alpha_min=0.2)):
+        learn = Learner(make_dls(x, multi), cnn(n_out=3), loss_func=BCEWithLogitsLossFlat(), cbs=[cb])
+        with learn.no_bar(), learn.no_logging():
+            learn.fit(1, 3e-3)
+        assert cb.mixer.batches == 8 and sum(cb.mixer.point_mixes) + cb.mixer.input_mixes == 8
+        assert all(torch.isfinite(torch.tensor(learn.recorder.values[-1][:2])))
+
+
+def test_schedulers_as_the_readme_names_them_work_or_are_refused_with_the_fix(dls):
+    from functools import partial
+    from fastai.callback.schedule import SchedExp, SchedNo
+    with pytest.raises(ValueError, match="alpha_min > 0"):
+        DynamicManifoldMixup(alpha_min=0.0, alpha_max=0.6, scheduler=SchedExp)
+    with pytest.raises(ValueError, match=r"partial\(SchedPoly, power=2\)"):
+        DynamicOutputMixup(scheduler=SchedPoly)
+    with pytest.raises(ValueError, match="not all finite and >= 0"):
+        DynamicManifoldMixup(scheduler=lambda a, b: (lambda p: a - 1 + p))
+    for sched in (partial(SchedPoly, power=2), SchedExp, SchedNo, SchedLin, SchedCos):
+        cb = DynamicManifoldMixup(alpha_min=0.05, alpha_max=0.6, scheduler=sched)
+        learn = learner(dls, [cb])
+        with learn.no_bar(), learn.no_logging():
+            learn.fit(1, 3e-3)
+        assert cb.mixer.batches == len(dls.train)
+
+
+def test_arguments_numpy_and_tensor_alphas_one_module_and_clear_type_errors(dls):
+    import numpy as np
+    for alpha in (np.float32(0.2), torch.tensor(0.2), np.int64(1)):
+        assert ManifoldMixup(alpha=alpha).alpha == pytest.approx(float(alpha))
+        assert DynamicOutputMixup(alpha_max=alpha).alpha_max == pytest.approx(float(alpha))
+    for cls in (ManifoldMixup, OutputMixup):
+        with pytest.raises(TypeError, match="alpha must be a real number"):
+            cls(alpha=True)
+    with pytest.raises(TypeError, match="use_input_mixup must be True or False"):
+        ManifoldMixup(use_input_mixup="no")
+    model = cnn()
+    cb = ManifoldMixup(module_list=model[2])  # one module, not a list
+    learn = learner(dls, [cb], model=model)
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1, 3e-3)
+    assert cb.module_list == [model[2]]
+    assert "_mm" in ManifoldMixup._stateattrs and "__getstate__" not in vars(ManifoldMixup)
+
+
+def test_a_chosen_module_that_cannot_mix_trains_on_the_plain_loss_and_is_counted(dls):
+    class Pair(nn.Module):
+        def forward(self, x):
+            return x, x
+
+    class Net(nn.Module):
+        "A frozen (eval-mode) module and one returning a tuple, as AWD_LSTM's encoder does."
+
+        def __init__(self):
+            super().__init__()
+            self.stem, self.frozen, self.pair = nn.Conv2d(1, 8, 3, padding=1), ResBlock(8), Pair()
+            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+
+        def forward(self, x):
+            return self.head(self.pair(self.frozen(self.stem(x)))[0])
+
+    class Freeze(Callback):
+        order = 1
+
+        def before_batch(self):
+            self.learn.model.frozen.eval()
+
+    model = Net()
+    cb = ManifoldMixup(alpha=1.0, use_input_mixup=False, module_list=[model.frozen, model.pair])
+    spy = Spy(cb)
+    learn = learner(dls, [cb, Freeze(), spy], model=model)
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1, 3e-3)
+    assert cb.mixer.unmixed_batches == len(dls.train) and not any(r["mixed"] for r in spy.rows)
+    for r in spy.rows:
+        assert r["loss"] == pytest.approx(F.cross_entropy(r["pred"], r["yb"][0]).item(), rel=1e-5)
+    assert cb.module_list == [model.frozen]  # the tuple-returning module is left out
+
+
+def test_the_selection_line_is_said_once_per_callback_on_rank_0_and_can_be_silenced(dls, capsys, monkeypatch):
+    cb = ManifoldMixup()
+    learn = learner(dls, [cb])
+    with learn.no_bar(), learn.no_logging():
+        learn.lr_find(num_it=5, show_plot=False)
+        learn.fit(1, 3e-3)
+        learn.fit(1, 3e-3)
+    assert capsys.readouterr().out.count("ManifoldMixup: Block/Bottleneck") == 1
+    learn = learner(dls, [ManifoldMixup(verbose=False)])
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1, 3e-3)
+    assert "ManifoldMixup" not in capsys.readouterr().out
+    monkeypatch.setenv("RANK", "1")
+    learn = learner(dls, [ManifoldMixup()])
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1, 3e-3)
+    assert "ManifoldMixup" not in capsys.readouterr().out
+
+
+def test_the_selection_line_goes_above_the_progress_bar(dls):
+    lines = []
+    cb = ManifoldMixup()
+    learn = learner(dls, [cb])
+
+    class Catch(Callback):
+        order = 100  # after ProgressCallback created its bar, before our first before_train
+
+        def before_fit(self):
+            bar = self.learn.progress.mbar
+            bar.write = lambda line, table=False: lines.append(line) if not table else None
+
+    with learn.no_logging():
+        learn.fit(1, 3e-3, cbs=[Catch()])
+    assert sum("ManifoldMixup:" in line for line in lines) == 1
+
+
+def test_a_compiled_model_in_a_learner_mixes_at_its_modules(dls):
+    import torch._dynamo as dynamo
+    dynamo.reset()
+    dynamo.utils.counters.clear()
+    model = cnn()
+    cb = ManifoldMixup(alpha=1.0)
+    learn = learner(dls, [cb], model=torch.compile(model, backend="aot_eager"))
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1, 3e-3)
+    assert cb.module_list == [model[2], model[3]]
+    assert sum(cb.mixer.point_mixes) > 0 and cb.mixer.unmixed_batches == 0
+    assert sum(cb.mixer.point_mixes) + cb.mixer.input_mixes == len(dls.train)
+    assert not dynamo.utils.counters["graph_break"]

@@ -1,5 +1,5 @@
 """The front door: `make demo`'s script runs end to end (in its 2-epoch smoke mode) and writes
-one table row per method and the PNG; each example script runs."""
+one table row per method and the PNG; each example script runs as its docstring says."""
 import os
 import subprocess
 import sys
@@ -23,9 +23,17 @@ def test_demo_quick_writes_table_and_png(tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
-@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "examples").glob("digits_*.py")))
+EXAMPLES = sorted(p.name for p in (ROOT / "examples").glob("digits_*.py")) + ["plain_pytorch.py",
+                                                                           "ddp_torchrun.py"]
+
+
+@pytest.mark.parametrize("script", EXAMPLES)
 def test_example_runs(script):
-    done = subprocess.run([sys.executable, script], cwd=ROOT / "examples", env=ENV,
+    # ddp_torchrun.py runs as its docstring says: torchrun --standalone --nproc_per_node 2
+    launch = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+              if script == "ddp_torchrun.py" else [sys.executable])
+    done = subprocess.run(launch + [script], cwd=ROOT / "examples", env=dict(ENV, OMP_NUM_THREADS="1"),
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "times" in done.stdout or "alpha at the end" in done.stdout or "batches" in done.stdout
+    assert "times" in done.stdout or "alpha at the end" in done.stdout or "batches" in done.stdout \
+        or "identical parameters on every rank: True" in done.stdout
