@@ -15,20 +15,7 @@ import torch.nn as nn
 from . import _C
 from .hooks import PointHooks
 from .losses import is_classification, is_regression_loss, mixed_loss
-from .selection import select_modules
-
-try:
-    from .selection import unwrap_model
-except ImportError:  # selection.py before it exported unwrap_model
-    def unwrap_model(model):
-        "The module inside DataParallel/DistributedDataParallel/torch.compile wrappers."
-        while True:
-            inner = getattr(model, "_orig_mod", None) or (
-                getattr(model, "module", None) if isinstance(
-                    model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else None)
-            if not isinstance(inner, nn.Module):
-                return model
-            model = inner
+from .selection import select_modules, unwrap_model
 
 __all__ = ["ManifoldMixer", "OutputMixer"]
 

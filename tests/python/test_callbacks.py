@@ -556,7 +556,7 @@ def test_the_selection_line_is_said_once_per_callback_on_rank_0_and_can_be_silen
         learn.lr_find(num_it=5, show_plot=False)
         learn.fit(1, 3e-3)
         learn.fit(1, 3e-3)
-    assert capsys.readouterr().out.count("ManifoldMixup: Block/Bottleneck") == 1
+    assert capsys.readouterr().out.count("ManifoldMixup: selection rule 5 chose") == 1
     learn = learner(dls, [ManifoldMixup(verbose=False)])
     with learn.no_bar(), learn.no_logging():
         learn.fit(1, 3e-3)
