@@ -221,6 +221,10 @@ MM_API mm_status mm_mixer_set_step(mm_mixer* mixer, int64_t step);
 MM_API mm_status mm_mixer_batches(const mm_mixer* mixer, int64_t* count);
 MM_API mm_status mm_mixer_input_mixes(const mm_mixer* mixer, int64_t* count);
 MM_API mm_status mm_mixer_repeated_calls(const mm_mixer* mixer, int64_t* count);
+/* Batches that chose a point (alpha > 0) but ended without mixing, because the chosen point
+ * did not run in training mode in any forward of the batch (a plain forward, evaluation mode,
+ * a method that does not call it): they trained on the plain loss. Errors: MM_ERR_NULL. */
+MM_API mm_status mm_mixer_unmixed_batches(const mm_mixer* mixer, int64_t* count);
 
 /* The chosen point of a batch: an index of mm_hook_point_name, or one of these. */
 #define MM_POINT_INPUT (-1) /* the input is mixed (by mm_forward) */
@@ -246,7 +250,14 @@ MM_API mm_status mm_batch_begin_on(mm_mixer* mixer, int64_t batch_size, const ch
  * either output may be NULL. Errors: MM_ERR_NULL (mixer), MM_ERR_STATE (no batch). */
 MM_API mm_status mm_batch_weights(const mm_mixer* mixer, mm_tensor** lam, mm_tensor** perm);
 
-/* Ends the batch: points stop mixing. Errors: MM_ERR_NULL, MM_ERR_STATE (no batch). */
+/* Whether the batch has mixed so far: *mixed is 1 once the chosen point (the input, or a module)
+ * has mixed in a forward of this batch, else 0. The mixed losses and mm_mix_targets read the
+ * same answer, so a batch that did not mix trains on the plain loss. Errors: MM_ERR_NULL,
+ * MM_ERR_STATE (no batch). */
+MM_API mm_status mm_batch_mixed(const mm_mixer* mixer, int* mixed);
+
+/* Ends the batch: points stop mixing; a batch that chose a point and did not mix is counted in
+ * mm_mixer_unmixed_batches. Errors: MM_ERR_NULL, MM_ERR_STATE (no batch). */
 MM_API mm_status mm_batch_end(mm_mixer* mixer);
 
 /* ---- modules --------------------------------------------------------------------------- */
@@ -327,7 +338,8 @@ MM_API mm_status mm_sgd_step(mm_module* module, double lr);
 
 /* Mean over the batch of lam * CE(logits, y) + (1 - lam) * CE(logits, y[perm]), the mixed
  * cross-entropy of logits (floating, [B, C]) against int64 class indices targets ([B]), as a
- * new scalar tensor *loss. Errors: MM_ERR_NULL, MM_ERR_STATE (no batch), MM_ERR_ARG (dtypes,
+ * new scalar tensor *loss. Call it after the batch's forward: when the batch did not mix (see
+ * mm_batch_mixed) it is the plain mean CE(logits, y). Errors: MM_ERR_NULL, MM_ERR_STATE (no batch), MM_ERR_ARG (dtypes,
  * shapes, B not the batch size; a class index out of range). */
 MM_API mm_status mm_mixed_cross_entropy(const mm_mixer* mixer, const mm_tensor* logits,
                                         const mm_tensor* targets, mm_tensor** loss);
@@ -337,8 +349,9 @@ MM_API mm_status mm_cross_entropy(const mm_tensor* logits, const mm_tensor* targ
                                   mm_tensor** loss);
 
 /* Regression: the targets mixed like the point (lam * y[i] + (1 - lam) * y[perm[i]] along
- * dim 0), as a new tensor; use them with the plain loss. Errors: MM_ERR_NULL, MM_ERR_STATE
- * (no batch), MM_ERR_ARG (not floating, or dim 0 not the batch size). */
+ * dim 0), as a new tensor; use them with the plain loss. Call it after the batch's forward:
+ * when the batch did not mix (see mm_batch_mixed) the targets come back unchanged. Errors:
+ * MM_ERR_NULL, MM_ERR_STATE (no batch), MM_ERR_ARG (not floating, or dim 0 not the batch size). */
 MM_API mm_status mm_mix_targets(const mm_mixer* mixer, const mm_tensor* targets,
                                 mm_tensor** mixed);
 

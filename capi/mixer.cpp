@@ -158,6 +158,7 @@ mm_status mm_mixer_set_step(mm_mixer* mixer, int64_t step) {
 MM_COUNTER(mm_mixer_batches, batches)
 MM_COUNTER(mm_mixer_input_mixes, input_mixes)
 MM_COUNTER(mm_mixer_repeated_calls, repeated_calls)
+MM_COUNTER(mm_mixer_unmixed_batches, unmixed_batches)
 #undef MM_COUNTER
 
 mm_status mm_batch_begin(mm_mixer* mixer, int64_t batch_size, int64_t* chosen) {
@@ -182,6 +183,13 @@ mm_status mm_batch_weights(const mm_mixer* mixer, mm_tensor** lam, mm_tensor** p
     std::unique_ptr<mm_tensor> p(manifold_mixup::capi::new_tensor(m.perm().clone()));
     if (lam) *lam = l.release();
     if (perm) *perm = p.release();
+  });
+}
+
+mm_status mm_batch_mixed(const mm_mixer* mixer, int* mixed) {
+  return guard(__func__, [&] {
+    const Mixer& m = require_batch(mixer);
+    *nonnull(mixed, "mixed") = m.mixed() ? 1 : 0;
   });
 }
 

@@ -742,6 +742,69 @@ done:
   mm_tensor_destroy(x);
 }
 
+/* "Did this batch mix?" is one answer, read by the losses: a batch whose chosen point did not
+ * run in training mode trains on the plain loss and is counted; one that mixed does not. */
+static void test_a_batch_that_did_not_mix_trains_plainly(void) {
+  mm_module* mod = NULL;
+  mm_mixer* mixer = make_mixer(1.0, 0);
+  mm_hook* hook = NULL;
+  mm_tensor *x = make_input(), *y = make_targets(), *out = NULL, *mixed_ce = NULL, *plain_ce = NULL;
+  const char* name = "l1";
+  double vm = -1, vp = -2;
+  int mixed = -1;
+  int64_t chosen = -5, unmixed = -1;
+  CHECK(mixer && x && y);
+  CHECK_OK(mm_module_load(model_path("mlp"), &mod));
+  CHECK_OK(mm_hook_install(mixer, mod, &name, 1, &hook));
+  CHECK_STATUS(mm_batch_mixed(mixer, &mixed), MM_ERR_STATE); /* no batch */
+  /* Evaluation mode: the chosen point does not mix, so the mixed loss is the plain one. */
+  CHECK_OK(mm_module_train(mod, 0));
+  CHECK_OK(mm_batch_begin(mixer, B, &chosen));
+  CHECK(chosen == 0);
+  CHECK_OK(mm_forward(mixer, mod, x, &out));
+  CHECK_OK(mm_batch_mixed(mixer, &mixed));
+  CHECK(mixed == 0);
+  CHECK_OK(mm_mixed_cross_entropy(mixer, out, y, &mixed_ce));
+  CHECK_OK(mm_cross_entropy(out, y, &plain_ce));
+  CHECK_OK(mm_tensor_item(mixed_ce, &vm));
+  CHECK_OK(mm_tensor_item(plain_ce, &vp));
+  CHECK(fabs(vm - vp) < 1e-6);
+  CHECK_OK(mm_batch_end(mixer));
+  CHECK_OK(mm_mixer_unmixed_batches(mixer, &unmixed));
+  CHECK(unmixed == 1);
+  mm_tensor_destroy(out);
+  mm_tensor_destroy(mixed_ce);
+  mm_tensor_destroy(plain_ce);
+  out = mixed_ce = plain_ce = NULL;
+  /* Training mode: not mixed before the forward, mixed after it, and the loss is mixed. */
+  CHECK_OK(mm_module_train(mod, 1));
+  CHECK_OK(mm_batch_begin(mixer, B, &chosen));
+  CHECK_OK(mm_batch_mixed(mixer, &mixed));
+  CHECK(mixed == 0);
+  CHECK_OK(mm_forward(mixer, mod, x, &out));
+  CHECK_OK(mm_batch_mixed(mixer, &mixed));
+  CHECK(mixed == 1);
+  CHECK_OK(mm_mixed_cross_entropy(mixer, out, y, &mixed_ce));
+  CHECK_OK(mm_cross_entropy(out, y, &plain_ce));
+  CHECK_OK(mm_tensor_item(mixed_ce, &vm));
+  CHECK_OK(mm_tensor_item(plain_ce, &vp));
+  CHECK(fabs(vm - vp) > 1e-4);
+  CHECK_OK(mm_batch_end(mixer));
+  CHECK_OK(mm_mixer_unmixed_batches(mixer, &unmixed));
+  CHECK(unmixed == 1);
+  CHECK_STATUS(mm_batch_mixed(NULL, &mixed), MM_ERR_NULL);
+  CHECK_STATUS(mm_mixer_unmixed_batches(mixer, NULL), MM_ERR_NULL);
+done:
+  mm_tensor_destroy(out);
+  mm_tensor_destroy(mixed_ce);
+  mm_tensor_destroy(plain_ce);
+  mm_hook_remove(hook);
+  mm_module_destroy(mod);
+  mm_mixer_destroy(mixer);
+  mm_tensor_destroy(x);
+  mm_tensor_destroy(y);
+}
+
 /* Removal always succeeds: in a batch it ends the batch, also when the mixer handle is gone. */
 static void test_remove_in_a_batch(void) {
   mm_module* mod = NULL;
@@ -1178,6 +1241,7 @@ int main(int argc, char** argv) {
       {"last_error_is_thread_local", test_last_error_is_thread_local},
       {"devices", test_devices},
       {"plain_forward_and_eval_mode_do_not_mix", test_plain_forward_and_eval_mode_do_not_mix},
+      {"a_batch_that_did_not_mix_trains_plainly", test_a_batch_that_did_not_mix_trains_plainly},
       {"remove_in_a_batch", test_remove_in_a_batch},
       {"status_follows_the_kind_of_error", test_status_follows_the_kind_of_error},
       {"config_from_older_and_newer_headers", test_config_from_older_and_newer_headers},
