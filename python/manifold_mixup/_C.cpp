@@ -1,6 +1,7 @@
 // pybind11 module manifold_mixup._C: the Mixer and the forward-hook object of a mixup point.
 // Loading it registers the manifold_mixup ops (torch.ops.manifold_mixup.*).
-#include <torch/extension.h>
+#include <torch/csrc/autograd/python_variable.h>
+#include <torch/csrc/utils/pybind.h>
 
 #include <memory>
 

@@ -6,11 +6,13 @@ The op `mix` (torch.ops.manifold_mixup.mix) needs only torch; the callbacks need
 """
 import torch  # noqa: F401  (libtorch must be loaded before the extension)
 
-from . import _C
+from ._version import __version__, check_torch as _check_torch
+
+_check_torch()  # before _C: the wrong torch would fail there with an undefined symbol
+from . import _C  # noqa: E402
 from .ops import mix
 from .selection import ManifoldMixupModule, non_mixable_module_types
 
-__version__ = "0.1.0"
 __all__ = ["ManifoldMixup", "OutputMixup", "DynamicManifoldMixup", "DynamicOutputMixup",
            "ManifoldMixupModule", "non_mixable_module_types", "mix"]
 
