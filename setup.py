@@ -94,10 +94,15 @@ class CMakeBuild(build_ext):
         target = Path(self.get_ext_fullpath(ext.name)).resolve()
         editable = self.inplace or getattr(self, "editable_mode", False)
         build_dir = BUILD_DIR
-        args = [f"-DPython3_EXECUTABLE={sys.executable}",
-                # The layout `python -m manifold_mixup --cmakedir` and friends expect.
-                "-DCMAKE_INSTALL_LIBDIR=lib", "-DCMAKE_INSTALL_INCLUDEDIR=include"]
-        if not cmake_cache(build_dir):
+        settings = {"Python3_EXECUTABLE": sys.executable,
+                    # The layout `python -m manifold_mixup --cmakedir` and friends expect.
+                    "CMAKE_INSTALL_LIBDIR": "lib", "CMAKE_INSTALL_INCLUDEDIR": "include"}
+        for env, var in (("MM_BUILD_TYPE", "CMAKE_BUILD_TYPE"), ("MM_BUILD_TESTS", "MM_BUILD_TESTS")):
+            if env in os.environ:
+                settings[var] = os.environ[env]
+        cache = cmake_cache(build_dir)
+        args = [f"-D{var}={value}" for var, value in settings.items()]
+        if not cache:
             # A new build directory: an editable install keeps the module in the source tree,
             # a wheel's build keeps it in the build directory. An existing one (`make build`'s)
             # keeps its own settings, so make and pip never reconfigure each other.
@@ -105,11 +110,11 @@ class CMakeBuild(build_ext):
             args += [f"-DMM_PYTHON_OUTPUT_DIR={out_dir}", "-DCMAKE_BUILD_TYPE=Release"]
             if ninja() and "CMAKE_GENERATOR" not in os.environ:
                 args += ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja()}"]
-        for env, var in (("MM_BUILD_TYPE", "CMAKE_BUILD_TYPE"), ("MM_BUILD_TESTS", "MM_BUILD_TESTS")):
-            if env in os.environ:
-                args.append(f"-D{var}={os.environ[env]}")
         jobs = os.environ.get("MAX_JOBS") or str(os.cpu_count() or 1)
-        subprocess.check_call(["cmake", "-S", str(ROOT), "-B", str(build_dir), *args])
+        # A cache that already has these settings is left to `cmake --build`, which reconfigures
+        # by itself when a CMakeLists.txt (or torch) changed.
+        if any(cache.get(var) != value for var, value in settings.items()):
+            subprocess.check_call(["cmake", "-S", str(ROOT), "-B", str(build_dir), *args])
         subprocess.check_call(["cmake", "--build", str(build_dir), "--target", "mm_python",
                                "manifold_mixup", "-j", jobs])
 
