@@ -8,7 +8,7 @@ the release series it was compiled against (`torch==2.13.*`): libtorch's C++ ABI
 series.
 
 Environment: MM_CMAKE_BUILD_DIR (default build/pip; an existing build directory is reused as it
-is configured), MM_BUILD_TESTS and MM_BUILD_TYPE (passed on to CMake when set), MAX_JOBS
+is configured), MM_BUILD_TESTS, MM_BUILD_TYPE and MM_CCACHE (passed on to CMake when set), MAX_JOBS
 (parallel compile jobs, default: the CPU count). Ninja builds when it is found (Debian's
 ninja-build, or `pip install ninja`), ccache is used when installed (MM_CCACHE=OFF turns it off).
 """
@@ -97,7 +97,8 @@ class CMakeBuild(build_ext):
         settings = {"Python3_EXECUTABLE": sys.executable,
                     # The layout `python -m manifold_mixup --cmakedir` and friends expect.
                     "CMAKE_INSTALL_LIBDIR": "lib", "CMAKE_INSTALL_INCLUDEDIR": "include"}
-        for env, var in (("MM_BUILD_TYPE", "CMAKE_BUILD_TYPE"), ("MM_BUILD_TESTS", "MM_BUILD_TESTS")):
+        for env, var in (("MM_BUILD_TYPE", "CMAKE_BUILD_TYPE"), ("MM_BUILD_TESTS", "MM_BUILD_TESTS"),
+                         ("MM_CCACHE", "MM_CCACHE")):
             if env in os.environ:
                 settings[var] = os.environ[env]
         cache = cmake_cache(build_dir)
