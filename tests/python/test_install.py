@@ -2,7 +2,7 @@
 so nothing compiles twice) installed into a fresh `python3 -m venv --system-site-packages`,
 imported from another folder, and C programs built against the installed C library through
 `python -m manifold_mixup --cmakedir` and through pkg-config; the C-only CMake install too."""
-import importlib.util
+import json
 import os
 import re
 import shutil
@@ -58,12 +58,22 @@ def venv(tmp_path_factory, wheel):
 
 @pytest.fixture(scope="module")
 def where(venv):
-    """What `python -m manifold_mixup --cmakedir` (and the other three) print, and the package."""
-    found = {what: Path(run(venv, "-m", "manifold_mixup", f"--{what}", cwd=venv.parent).stdout.strip())
-             for what in ("cmakedir", "includedir", "libdir", "pkgconfig")}
-    found["package"] = Path(run(venv, "-c", "import manifold_mixup; print(manifold_mixup.__file__)",
-                                cwd=venv.parent).stdout.strip()).parent
-    return found
+    """What `python -m manifold_mixup --cmakedir` prints, what its --includedir, --libdir,
+    --pkgconfig and --version print, the package's folder and its metadata's version (one
+    process for all but the first: each loads torch)."""
+    found = {"cmakedir": run(venv, "-m", "manifold_mixup", "--cmakedir", cwd=venv.parent).stdout.strip()}
+    code = ("import contextlib, importlib.metadata, io, json, manifold_mixup\n"
+            "from manifold_mixup.__main__ import main\n"
+            "said = {}\n"
+            "for what in ('includedir', 'libdir', 'pkgconfig', 'version'):\n"
+            "    with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            "        assert main([f'--{what}']) == 0\n"
+            "    said[what] = out.getvalue().strip()\n"
+            "said['package'] = manifold_mixup.__file__.rsplit('/', 1)[0]\n"
+            "said['metadata'] = importlib.metadata.version('manifold-mixup')\n"
+            "print(json.dumps(said))\n")
+    found.update(json.loads(run(venv, "-c", code, cwd=venv.parent).stdout))
+    return {k: v if k in ("version", "metadata") else Path(v) for k, v in found.items()}
 
 
 def check_host(host, cwd):
@@ -156,10 +166,8 @@ def test_locations_and_versions_agree(venv, where):
     assert ".".join(macros) == VERSION
     config = (where["cmakedir"] / "ManifoldMixupConfigVersion.cmake").read_text()
     assert re.search(r'set\(PACKAGE_VERSION "(.+)"\)', config)[1] == VERSION
-    metadata = run(venv, "-c", "import importlib.metadata as m; print(m.version('manifold-mixup'))")
-    assert metadata.stdout.strip() == VERSION
-    said = run(venv, "-m", "manifold_mixup", "--version").stdout
-    assert said.startswith(f"manifold_mixup {VERSION} (compiled against torch {torch.__version__}")
+    assert where["metadata"] == VERSION
+    assert where["version"].startswith(f"manifold_mixup {VERSION} (compiled against torch {torch.__version__}")
 
 
 def runpath(binary):
