@@ -1,13 +1,13 @@
 #include "mixer.h"
 
-#include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/TensorOperators.h>
 #include <ATen/core/DistributionsHelper.h>
 #include <ATen/native/Distributions.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/index_select.h>
 #include <ATen/ops/log_softmax.h>
 #include <ATen/ops/nll_loss.h>
-#include <ATen/ops/index_select.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>

@@ -1,7 +1,8 @@
 // pybind11 module manifold_mixup._C: the Mixer. The forward hooks of mixup points are Python
 // (manifold_mixup/hooks.py), so that torch.compile traces them.
 // Loading it registers the manifold_mixup ops (torch.ops.manifold_mixup.*).
-#include <torch/extension.h>
+#include <torch/csrc/autograd/python_variable.h>
+#include <torch/csrc/utils/pybind.h>
 
 #include <memory>
 

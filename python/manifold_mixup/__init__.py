@@ -8,12 +8,14 @@ fastai.
 """
 import torch  # noqa: F401  (libtorch must be loaded before the extension)
 
-from . import _C
-from .mixers import ManifoldMixer, OutputMixer
-from .ops import mix
-from .selection import ManifoldMixupModule, non_mixable_module_types
+from ._version import __version__, check_torch as _check_torch
 
-__version__ = "0.1.0"
+_check_torch()  # before _C: the wrong torch would fail there with an undefined symbol
+from . import _C  # noqa: E402
+from .mixers import ManifoldMixer, OutputMixer  # noqa: E402
+from .ops import mix  # noqa: E402
+from .selection import ManifoldMixupModule, non_mixable_module_types  # noqa: E402
+
 __all__ = ["ManifoldMixup", "OutputMixup", "DynamicManifoldMixup", "DynamicOutputMixup",
            "ManifoldMixupModule", "non_mixable_module_types", "mix", "ManifoldMixer", "OutputMixer"]
 

@@ -2,7 +2,9 @@
 // non-contiguous input, batch size 1, odd sizes; gradients against the expression's own
 // autograd; every refusal raises with a message naming the argument.
 #include <gtest/gtest.h>
-#include <torch/torch.h>
+#include <torch/cuda.h>
+#include <torch/types.h>
+#include <torch/utils.h>
 
 #include <string>
 #include <vector>

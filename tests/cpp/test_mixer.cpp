@@ -1,7 +1,8 @@
 // The Mixer from C++: the law of the weights, permutations, the choice of one point per
 // batch, reproducibility, mixed losses, schedules and misuse.
 #include <gtest/gtest.h>
-#include <torch/torch.h>
+#include <torch/types.h>
+#include <torch/utils.h>
 
 #include <cfloat>
 #include <cmath>

@@ -5,9 +5,10 @@
 // Its gradient with respect to x is A^T g (_mix_backward, a gather), and the gradient of
 // _mix_backward with respect to g is A again, so double backward is mix itself.
 // The gradient with respect to lam is sum over features of g[i] * (x[i] - x[perm[i]]).
-#include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
-#include <torch/autograd.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/core/Tensor.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include "ops/mix.h"

@@ -1,0 +1,246 @@
+"""A user's install, end to end: a wheel built from this tree's build directory (`make build`'s,
+so nothing compiles twice) installed into a fresh `python3 -m venv --system-site-packages`,
+imported from another folder, and C programs built against the installed C library through
+`python -m manifold_mixup --cmakedir` and through pkg-config; the C-only CMake install too."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD = Path(os.environ.get("MM_CMAKE_BUILD_DIR", ROOT / "build")).resolve()
+HOST = ROOT / "tests" / "install"
+VERSION = re.search(r'^__version__ = "(.+)"$', (ROOT / "python" / "manifold_mixup" / "_version.py")
+                    .read_text(), re.M)[1]
+TORCH_SERIES = ".".join(torch.__version__.split("+")[0].split(".")[:2])
+# One venv for the whole file: the tests share it, so xdist keeps them on one worker.
+pytestmark = pytest.mark.xdist_group("install")
+
+
+def run(*cmd, ok=True, **kwargs):
+    done = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=600, **kwargs)
+    if ok:
+        assert done.returncode == 0, f"{cmd}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    if not (BUILD / "CMakeCache.txt").exists():
+        pytest.fail(f"{BUILD} is not a configured build directory: run `make build` first "
+                    "(or set MM_CMAKE_BUILD_DIR)")
+    out = tmp_path_factory.mktemp("wheel")
+    run(sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "--no-build-isolation",
+        "--no-deps", "-w", out, ROOT, env=dict(os.environ, MM_CMAKE_BUILD_DIR=str(BUILD)))
+    (found,) = out.glob("manifold_mixup-*.whl")
+    return found
+
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory, wheel):
+    """A new user's virtualenv that sees the installed torch, with the wheel installed in it."""
+    home = tmp_path_factory.mktemp("venv") / "env"
+    run(sys._base_executable, "-m", "venv", "--system-site-packages", home)
+    python = home / "bin" / "python"
+    # --no-deps and no index: torch comes from what the venv sees (test_torch_pin checks the pin
+    # admits it). With deps, pip would fetch a setuptools: torch 2.13 asks for >= 77.0.3, and a
+    # new venv's own setuptools (65 on Python 3.11) hides the machine's.
+    run(python, "-m", "pip", "install", "--disable-pip-version-check", "--no-index", "--no-deps", wheel)
+    return python
+
+
+@pytest.fixture(scope="module")
+def where(venv):
+    """What `python -m manifold_mixup --cmakedir` prints, what its --includedir, --libdir,
+    --pkgconfig and --version print, the package's folder and its metadata's version (one
+    process for all but the first: each loads torch)."""
+    found = {"cmakedir": run(venv, "-m", "manifold_mixup", "--cmakedir", cwd=venv.parent).stdout.strip()}
+    code = ("import contextlib, importlib.metadata, io, json, manifold_mixup\n"
+            "from manifold_mixup.__main__ import main\n"
+            "said = {}\n"
+            "for what in ('includedir', 'libdir', 'pkgconfig', 'version'):\n"
+            "    with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            "        assert main([f'--{what}']) == 0\n"
+            "    said[what] = out.getvalue().strip()\n"
+            "said['package'] = manifold_mixup.__file__.rsplit('/', 1)[0]\n"
+            "said['metadata'] = importlib.metadata.version('manifold-mixup')\n"
+            "print(json.dumps(said))\n")
+    found.update(json.loads(run(venv, "-c", code, cwd=venv.parent).stdout))
+    return {k: v if k in ("version", "metadata") else Path(v) for k, v in found.items()}
+
+
+def check_host(host, cwd):
+    """Runs a built C host on random numbers; its loss must be torch's."""
+    prediction, target = torch.randn(2, 3), torch.randn(2, 3)
+    args = [f"{v:.9g}" for v in prediction.flatten().tolist() + target.flatten().tolist()]
+    done = run(host, *args, cwd=cwd)
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+    assert lines["version"] == VERSION
+    # The host parsed the same printed numbers back: compare against torch on those.
+    values = torch.tensor([float(a) for a in args]).view(2, 2, 3)
+    expected = torch.nn.functional.mse_loss(values[0], values[1]).item()
+    assert float(lines["mse"]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_wheel_metadata_names_its_torch_and_version(wheel):
+    with zipfile.ZipFile(wheel) as zf:
+        (meta,) = [n for n in zf.namelist() if n.endswith(".dist-info/METADATA")]
+        metadata = zf.read(meta).decode()
+    assert re.search(rf"^Version: {re.escape(VERSION)}$", metadata, re.M)
+    requires = re.findall(r"^Requires-Dist: (torch\b.*)$", metadata, re.M)
+    assert requires == [f"torch=={TORCH_SERIES}.*"]
+    # The pin admits the torch it was built with, local label and all.
+    from packaging.specifiers import SpecifierSet
+    assert torch.__version__ in SpecifierSet(requires[0][len("torch"):])
+
+
+def test_torch_pin_admits_the_torch_the_venv_sees(venv):
+    code = ("import importlib.metadata as m, torch\n"
+            "from packaging.requirements import Requirement\n"
+            "(pin,) = [Requirement(r) for r in m.requires('manifold-mixup') if r.startswith('torch')]\n"
+            "assert pin.specifier.contains(torch.__version__), (pin, torch.__version__)\n"
+            "print(pin)")
+    assert run(venv, "-c", code).stdout.strip() == f"torch=={TORCH_SERIES}.*"
+
+
+def test_wheel_ships_the_c_package(wheel):
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+    for path in ("_build_info.py", "include/manifold_mixup.h", "include/dlpack/dlpack.h",
+                 "lib/libmanifold_mixup.so.0", "lib/libmanifold_mixup.so",
+                 "lib/cmake/ManifoldMixup/ManifoldMixupConfig.cmake",
+                 "lib/cmake/ManifoldMixup/ManifoldMixupTargets.cmake",
+                 "lib/pkgconfig/manifold_mixup.pc"):
+        assert f"manifold_mixup/{path}" in names
+    assert not any(n.startswith("manifold_mixup/") and n.endswith(".cpp") for n in names)
+
+
+def test_imports_from_another_folder_and_mixes(venv, tmp_path):
+    code = ("import torch, manifold_mixup\n"
+            "x = torch.randn(4, 3); perm = torch.tensor([1, 0, 3, 2]); lam = torch.rand(4)\n"
+            "out = manifold_mixup.mix(x, perm, lam)\n"
+            "ref = lam[:, None] * x + (1 - lam[:, None]) * x[perm]\n"
+            "torch.testing.assert_close(out, ref)\n"
+            "print(manifold_mixup.__file__)\n"
+            "print(manifold_mixup.__version__)\n")
+    path, version = run(venv, "-c", code, cwd=tmp_path).stdout.split()
+    assert Path(path).is_relative_to(venv.parents[1]), path
+    assert version == VERSION
+
+
+def test_c_host_through_cmakedir(where, tmp_path):
+    cmakedir = where["cmakedir"]
+    assert (cmakedir / "ManifoldMixupConfig.cmake").is_file()
+    run("cmake", "-S", HOST, "-B", tmp_path, f"-DCMAKE_PREFIX_PATH={cmakedir}")
+    run("cmake", "--build", tmp_path)
+    check_host(tmp_path / "host", tmp_path)
+
+
+def pkg_config_host(pkgconfig, tmp_path):
+    env = dict(os.environ, PKG_CONFIG_PATH=str(pkgconfig))
+    flags = run("pkg-config", "--cflags", "--libs", "manifold_mixup", env=env).stdout.split()
+    run("cc", "-std=c11", "-Wall", "-Werror", HOST / "host.c", *flags, "-o", tmp_path / "host")
+    check_host(tmp_path / "host", tmp_path)
+    return run("pkg-config", "--modversion", "manifold_mixup", env=env).stdout.strip()
+
+
+def test_c_host_through_pkg_config(where, tmp_path):
+    assert pkg_config_host(where["pkgconfig"], tmp_path) == VERSION
+
+
+def test_locations_and_versions_agree(venv, where):
+    package = where["package"]
+    assert package.is_relative_to(venv.parents[1])
+    assert where["includedir"] == package / "include"
+    assert where["libdir"] == package / "lib"
+    header = (package / "include" / "manifold_mixup.h").read_text()
+    macros = [re.search(rf"^#define MM_VERSION_{p} (\d+)$", header, re.M)[1]
+              for p in ("MAJOR", "MINOR", "PATCH")]
+    assert ".".join(macros) == VERSION
+    config = (where["cmakedir"] / "ManifoldMixupConfigVersion.cmake").read_text()
+    assert re.search(r'set\(PACKAGE_VERSION "(.+)"\)', config)[1] == VERSION
+    assert where["metadata"] == VERSION
+    assert where["version"].startswith(f"manifold_mixup {VERSION} (compiled against torch {torch.__version__}")
+
+
+def runpath(binary):
+    dynamic = run("readelf", "-d", binary).stdout
+    found = re.search(r"\((?:RUNPATH|RPATH)\)\s+Library r(?:un)?path: \[(.*)\]", dynamic)
+    return None if found is None else found[1].split(":")
+
+
+def test_runpaths_hold_only_what_is_needed(where):
+    package = where["package"]
+    (module,) = package.glob("_C*.so")
+    # The module is loaded after `import torch`, which has loaded libtorch already.
+    assert runpath(module) is None
+    torch_lib = Path(torch.__file__).parent / "lib"
+    assert runpath(package / "lib" / "libmanifold_mixup.so.0") == [str(torch_lib)]
+
+
+def test_import_refuses_another_torch(venv, where, tmp_path):
+    """A copy of the installed package told it was compiled against other torches."""
+    copy = tmp_path / "manifold_mixup"
+    shutil.copytree(where["package"], copy)
+    info = copy / "_build_info.py"
+    text = info.read_text()
+    for version, cuda, words in (("1.13.1+cpu", None, ["torch 1.13.1+cpu", "no CUDA"]),
+                                 (torch.__version__, '"12.4"', ["CUDA 12.4"])):
+        if cuda == '"12.4"' and torch.version.cuda:
+            cuda = None  # on a CUDA torch, "no CUDA" is the mismatch
+            words = ["no CUDA"]
+        patched = re.sub(r'^TORCH_VERSION = .*$', f'TORCH_VERSION = "{version}"', text, flags=re.M)
+        info.write_text(re.sub(r"^TORCH_CUDA = .*$", f"TORCH_CUDA = {cuda}", patched, flags=re.M))
+        done = run(venv, "-c", "import manifold_mixup", ok=False, cwd=tmp_path)
+        assert done.returncode != 0
+        message = done.stderr.strip().splitlines()[-1]
+        assert message.startswith("ImportError: manifold_mixup"), done.stderr[-2000:]
+        for word in words + [f"torch {torch.__version__}"]:
+            assert word in message
+
+
+def test_pip_install_names_the_missing_wheel_support(venv, tmp_path):
+    """The README's install line in a venv whose own setuptools cannot build wheels: it stops
+    before compiling anything and names the fix."""
+    probe = ("import importlib.util as u; print(bool(u.find_spec('setuptools')) and "
+             "not (u.find_spec('setuptools.command.bdist_wheel') or u.find_spec('wheel')))")
+    if run(venv, "-c", probe).stdout.strip() != "True":
+        pytest.skip("this Python's venv setuptools builds wheels (or there is none)")
+    done = run(venv, "-m", "pip", "install", "--disable-pip-version-check", "--no-index",
+               "--no-build-isolation", "--no-deps", ROOT, ok=False, cwd=tmp_path,
+               env=dict(os.environ, MM_CMAKE_BUILD_DIR=str(tmp_path / "never-built")))
+    assert done.returncode != 0
+    assert "pip install --upgrade setuptools" in done.stdout + done.stderr
+    assert "invalid command 'bdist_wheel'" not in done.stdout + done.stderr
+    assert not (tmp_path / "never-built").exists()
+
+
+def test_cmake_install_serves_c_hosts(tmp_path):
+    """The README's C install: `cmake --install` of the build, then pkg-config and CMake."""
+    prefix = tmp_path / "opt"
+    run("cmake", "--install", BUILD, "--prefix", prefix)
+    assert (prefix / "include" / "dlpack" / "dlpack.h").is_file()
+    assert pkg_config_host(prefix / "lib" / "pkgconfig", tmp_path) == VERSION
+    run("cmake", "-S", HOST, "-B", tmp_path / "cmake", f"-DCMAKE_PREFIX_PATH={prefix}")
+    run("cmake", "--build", tmp_path / "cmake")
+    check_host(tmp_path / "cmake" / "host", tmp_path)
+
+
+def test_c_only_configure_needs_no_googletest_nor_python_headers(tmp_path):
+    """`cmake -S . -B build -DMM_BUILD_PYTHON=OFF`, as the README writes it, on a machine with
+    neither GoogleTest nor Python's headers (both made unfindable here)."""
+    done = run("cmake", "-S", ROOT, "-B", tmp_path, "-G", "Unix Makefiles", "-DMM_BUILD_PYTHON=OFF",
+               f"-DPython3_EXECUTABLE={sys.executable}", "-DCMAKE_DISABLE_FIND_PACKAGE_GTest=ON",
+               "-DPython3_INCLUDE_DIR=/nonexistent/include")
+    assert "Build files have been written" in done.stdout
+    targets = run("cmake", "--build", tmp_path, "--target", "help").stdout
+    assert "manifold_mixup" in targets
+    for test_target in ("test_mix", "test_capi", "mm_python"):
+        assert test_target not in targets
