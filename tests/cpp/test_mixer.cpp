@@ -1,6 +1,8 @@
 // The Mixer from C++: the law of the weights, permutations, the choice of one point per
 // batch, reproducibility, mixed losses, schedules and misuse.
 #include <gtest/gtest.h>
+#include <ATen/ops/cross_entropy_loss.h>
+#include <torch/csrc/autograd/autograd.h>
 #include <torch/types.h>
 #include <torch/utils.h>
 
@@ -315,9 +317,7 @@ TEST(MixerMixed, ABatchWhoseChosenPointNeverRanTrainsPlainlyAndIsCounted) {
   for (int b = 0; b < 5; ++b) {
     ASSERT_EQ(m.begin_batch(6, torch::kCPU), 0);
     EXPECT_TRUE(torch::allclose(m.mixed_cross_entropy(logits, labels),
-                                torch::nn::functional::cross_entropy(
-                                    logits, labels,
-                                    torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone))));
+                                at::cross_entropy_loss(logits, labels, {}, at::Reduction::None)));
     EXPECT_TRUE(torch::equal(m.mixed_loss(own, other), own));
     EXPECT_TRUE(torch::equal(m.mix_targets(y), y));
     m.end_batch();
@@ -366,8 +366,7 @@ TEST(MixerMixed, MixedCrossEntropySharesOneLogSoftmaxAndIgnoresMinus100) {
   y[2] = -100;
   const auto got = m.mixed_cross_entropy(logits, y);
   const auto ce = [&](const at::Tensor& t) {
-    return torch::nn::functional::cross_entropy(
-        logits, t, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+    return at::cross_entropy_loss(logits, t, {}, at::Reduction::None);
   };
   const auto expected = m.lam() * ce(y) + (1 - m.lam()) * ce(y.index_select(0, m.perm()));
   EXPECT_TRUE(torch::allclose(got, expected, 1e-5, 1e-6));
