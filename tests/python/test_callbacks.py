@@ -1,37 +1,19 @@
 """The fastai callbacks with a real fastai Learner on small data (sklearn digits), on CPU."""
 import copy
-import os
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from fastai.basics import (CancelFitException, Callback, CrossEntropyLossFlat, DataLoaders,
-                           Datasets, Learner, MSELossFlat, accuracy, load_learner, set_seed)
+from fastai.basics import (CancelFitException, Callback, CrossEntropyLossFlat, Datasets, Learner, MSELossFlat, accuracy, load_learner, set_seed)
 import fastai.callback.fp16  # noqa: F401  (adds Learner.to_fp16, to_bf16)
 from fastai.callback.schedule import SchedCos, SchedLin, SchedPoly  # also adds fit_one_cycle, lr_find
 from sklearn.datasets import load_digits
 
 from manifold_mixup import (DynamicManifoldMixup, DynamicOutputMixup, ManifoldMixup,
-                            ManifoldMixupModule, OutputMixup, non_mixable_module_types)
-from manifold_mixup import _C
-from manifold_mixup.selection import select_modules
-
-
-class ResBlock(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.conv, self.bn = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c)
-
-    def forward(self, x):
-        return F.relu(x + self.bn(self.conv(x)))
-
-
-def cnn(n_out=10):
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), ResBlock(8), ResBlock(8),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, n_out))
+                            OutputMixup)
+from small_models import ResBlock, cnn
 
 
 @pytest.fixture(scope="module")

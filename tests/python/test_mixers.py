@@ -1,11 +1,9 @@
 """The plain-PyTorch API (ManifoldMixer, OutputMixer) in ordinary training loops, on CPU."""
 import copy
-import io
 import os
 import subprocess
 import sys
 import threading
-import time
 import warnings
 from pathlib import Path
 
@@ -15,7 +13,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import manifold_mixup
 from manifold_mixup import ManifoldMixer, OutputMixer, _C
 
 ROOT = Path(__file__).resolve().parents[2]
