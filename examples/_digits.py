@@ -4,7 +4,6 @@ digits_dls needs fastai (the plain-PyTorch examples do not)."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
 
 N_TRAIN = 1300
 
@@ -30,6 +29,8 @@ def residual_cnn(c=16):
 
 def digits(seed=0):
     "((x, y) train, (x, y) valid): images in [0, 1] as [N, 1, 8, 8], a fixed 1300/497 split."
+    # Imported here: scikit-learn loads its own OpenMP runtime, which only the data needs.
+    from sklearn.datasets import load_digits
     d = load_digits()
     x = torch.tensor(d.images / 16.0, dtype=torch.float32)[:, None]
     y = torch.tensor(d.target)
