@@ -86,11 +86,13 @@ def main():
     dist.all_gather_object(all_chosen, chosen)
     differ = sum(len(set(step)) > 1 for step in zip(*all_chosen))
     mixer = mm.mixer
-    print(f"rank {rank}: points {['input'] + mm.point_names}, mixed input {mixer.input_mixes}, "
-          + ", ".join(f"'{n}' {c}" for n, c in zip(mixer.point_names, mixer.point_mixes))
-          + f" of {mixer.batches} steps; val loss {first_val:.3f} -> {last_val:.3f}; "
-          f"parameter checksum {flat.double().sum().item():.6f}", flush=True)
-    dist.barrier()
+    for turn in range(world):  # one rank at a time, so that the lines do not interleave
+        if turn == rank:
+            print(f"rank {rank}: points {['input'] + mm.point_names}, mixed input {mixer.input_mixes}, "
+                  + ", ".join(f"'{n}' {c}" for n, c in zip(mixer.point_names, mixer.point_mixes))
+                  + f" of {mixer.batches} steps; val loss {first_val:.3f} -> {last_val:.3f}; "
+                  f"parameter checksum {flat.double().sum().item():.6f}", flush=True)
+        dist.barrier()
     if rank == 0:
         print(f"{world} ranks, {len(chosen)} steps each: they mixed at different points in {differ} "
               f"steps; identical parameters on every rank: {same_params}; "
