@@ -336,7 +336,10 @@ class OutputMixer:
     @staticmethod
     def check_loss(loss_fn, targets=()):
         "Raises ValueError unless loss_fn (with these targets) is a classification loss."
-        if not is_classification(loss_fn, targets) if targets else is_regression_loss(loss_fn):
+        # With targets, the targets decide (integer: classes); without, only a known regression loss
+        # is refused (at the start of a fit, before any batch is seen).
+        refused = not is_classification(loss_fn, targets) if targets else is_regression_loss(loss_fn)
+        if refused:
             raise ValueError(
                 "OutputMixup needs a classification loss (integer class targets, a loss with "
                 f"y_int=True such as CrossEntropyLossFlat, or BCE for multi-label); got "
