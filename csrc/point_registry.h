@@ -1,5 +1,5 @@
 // Which TorchScript module objects are mixup points, and of which Mixer: the table that the op
-// manifold_mixup::mix_point (ops/mix_point.cpp) reads on every call. Keyed by object identity,
+// manifold_mixup::_mix_point (ops/mix_point.cpp) reads on every call. Keyed by object identity,
 // so when several instances share one module type (and so one graph, where the op is inserted)
 // only the named instance is found. It also records which module types have their methods
 // replaced by a PointRewrite (one at a time per type), and whether the current thread runs a

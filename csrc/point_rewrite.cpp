@@ -53,7 +53,7 @@ void collect_nodes(torch::jit::Block* block, std::vector<Node*>* out) {
 }
 
 const c10::Symbol& mix_point_symbol() {
-  static const c10::Symbol s = c10::Symbol::fromQualString("manifold_mixup::mix_point");
+  static const c10::Symbol s = c10::Symbol::fromQualString("manifold_mixup::_mix_point");
   return s;
 }
 
@@ -95,7 +95,7 @@ bool returns_one_tensor(const Node* call) {
   return call->outputs().size() == 1 && call->output()->type()->isSubtypeOf(*c10::TensorType::get());
 }
 
-// Inserts mix_point(point, out) after `call`; the rest of the graph uses its result.
+// Inserts _mix_point(point, out) after `call`; the rest of the graph uses its result.
 void insert_point_after(Node* call) {
   Value* out = call->output();
   // Points inside instances of one shared type reach the same call site: insert once.

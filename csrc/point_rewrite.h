@@ -4,7 +4,7 @@
 // to a child of a loaded module never fires. A PointRewrite therefore rewrites the loaded
 // module: in the methods of every ancestor of a point, after each
 // `prim::CallMethod[name="forward"]` whose receiver is the point (a `prim::GetAttr` chain from
-// self), it inserts a call to the op manifold_mixup::mix_point(point, x) (ops/mix_point.cpp),
+// self), it inserts a call to the op manifold_mixup::_mix_point(point, x) (ops/mix_point.cpp),
 // passing the point's module object, which the op looks up in the point registry
 // (point_registry.h). A method graph belongs to a module *type*, which several instances may
 // share; the registry, keyed by object identity, keeps the unnamed instances unmixed.

@@ -1,5 +1,5 @@
 // Schemas of the manifold_mixup ops and the checks every backend of mix shares.
-// Backends of mix live beside this file: cpu/, cuda/, meta/, autograd/; mix_point's kernel in
+// Backends of mix live beside this file: cpu/, cuda/, meta/, autograd/; _mix_point's kernel in
 // mix_point.cpp.
 #include "ops/mix.h"
 
@@ -83,8 +83,10 @@ TORCH_LIBRARY(manifold_mixup, m) {
   // its backward ops: it is public only so that autograd can differentiate it again.
   m.def("_mix_backward(Tensor grad, Tensor perm, Tensor lam) -> Tensor");
   // Inserted into TorchScript graphs by PointRewrite; the kernel is in ops/mix_point.cpp.
-  // CONSERVATIVE: it may return its input unchanged, and must never be moved or removed.
-  m.def(torch::schema("mix_point(Any point, Tensor x) -> Tensor", c10::AliasAnalysisKind::CONSERVATIVE));
+  // Private (leading underscore): it takes any module object and has side effects on the
+  // Mixer, so it is no functional op for users or opcheck. CONSERVATIVE: it may return its
+  // input unchanged, and must never be moved or removed.
+  m.def(torch::schema("_mix_point(Any point, Tensor x) -> Tensor", c10::AliasAnalysisKind::CONSERVATIVE));
 }
 
 }  // namespace manifold_mixup

@@ -1,4 +1,4 @@
-// The kernel of manifold_mixup::mix_point(Any point, Tensor x) -> Tensor (schema in mix.cpp),
+// The kernel of manifold_mixup::_mix_point(Any point, Tensor x) -> Tensor (schema in mix.cpp),
 // the call PointRewrite inserts after each call of a mixup point in a TorchScript graph. It
 // returns Mixer::point_output(x) when `point` is a registered point (point_registry.h) of a
 // module in training mode, outside a plain forward; otherwise x.
@@ -30,7 +30,7 @@ void mix_point_kernel(const c10::OperatorHandle&, torch::jit::Stack* stack) {
 // CompositeImplicitAutograd, as a kernel given with the schema would be: autograd sees the mix
 // op that point_output calls.
 TORCH_LIBRARY_IMPL(manifold_mixup, CompositeImplicitAutograd, m) {
-  m.impl("mix_point", torch::CppFunction::makeFromBoxedFunction<&mix_point_kernel>());
+  m.impl("_mix_point", torch::CppFunction::makeFromBoxedFunction<&mix_point_kernel>());
 }
 
 }  // namespace manifold_mixup

@@ -76,7 +76,7 @@ TEST(PointRewrite, SharedTypeOnlyTheNamedInstanceMixesAndRemoveRestoresExactly) 
   auto mixer = make_mixer(1.0, false);
   {
     mm::PointRewrite hook(mixer, n.net, {"s2.inner"});
-    EXPECT_NE(n.s1.get_method("forward").graph()->toString().find("manifold_mixup::mix_point"),
+    EXPECT_NE(n.s1.get_method("forward").graph()->toString().find("manifold_mixup::_mix_point"),
               std::string::npos);
     ASSERT_EQ(mixer->begin_batch(kB, at::kCPU), 0);
     const at::Tensor out = mm::forward(mixer.get(), n.net, x);
