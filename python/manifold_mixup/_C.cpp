@@ -19,8 +19,12 @@ void bind_selection(py::module_& m);
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "Native core of manifold_mixup: the Mixer (C++ on libtorch).";
 
-  // Calls that run kernels release the GIL: other Python threads (data loading) run meanwhile.
-  using release = py::call_guard<py::gil_scoped_release>;
+  // Every call keeps the GIL: the Mixer has no lock of its own, and the GIL is what keeps two
+  // Python threads from tearing its state (lam and perm of one batch, the chosen point of
+  // another, counters half counted). Releasing it around a call that reads the state is no
+  // safer than around one that writes it: a reader copies lam and perm while begin_batch
+  // replaces them. The points' hooks mix through torch.ops.manifold_mixup.mix on their own copies
+  // of lam and perm, and torch.ops runs an op with the GIL released.
   py::class_<Mixer, std::shared_ptr<Mixer>>(m, "Mixer", R"doc(
 Per-batch state of manifold mixup: weights lam ~ Beta(alpha, alpha) folded to max(lam, 1-lam),
 a permutation of the batch, the mixup point chosen for the batch, and whether it mixed.
@@ -43,7 +47,7 @@ an int seed gives the Mixer its own generator (e.g. seed + rank under Distribute
            "Keeps only the points at these (increasing) indices, renumbered, with their counters.")
       .def_property_readonly("num_points", &Mixer::num_points)
       .def_property_readonly("point_names", &Mixer::point_names)
-      .def("begin_batch", &Mixer::begin_batch, py::arg("batch_size"), py::arg("device"), release(),
+      .def("begin_batch", &Mixer::begin_batch, py::arg("batch_size"), py::arg("device"),
            "Draws lam, perm and the mixup point for a batch; returns the chosen point "
            "(an index, INPUT_POINT or NO_POINT).")
       .def_property_readonly("in_batch", &Mixer::in_batch)
@@ -53,15 +57,14 @@ an int seed gives the Mixer its own generator (e.g. seed + rank under Distribute
       .def_property_readonly("perm", &Mixer::perm)
       .def_property_readonly("mixed", &Mixer::mixed,
                              "Whether this batch mixed (the input, or the chosen point's output).")
-      .def("mix", &Mixer::mix, py::arg("t"), release())
-      .def("mix_input", &Mixer::mix_input, py::arg("x"), release())
-      .def("point_output", &Mixer::point_output, py::arg("point"), py::arg("out"), release())
+      .def("mix", &Mixer::mix, py::arg("t"))
+      .def("mix_input", &Mixer::mix_input, py::arg("x"))
+      .def("point_output", &Mixer::point_output, py::arg("point"), py::arg("out"))
       .def("record_point_mixed", &Mixer::record_point_mixed, py::arg("point"), py::arg("calls"),
            "Records that the chosen point ran `calls` times and a hook mixed its first output.")
-      .def("mixed_loss", &Mixer::mixed_loss, py::arg("loss_own"), py::arg("loss_other"), release())
-      .def("mixed_cross_entropy", &Mixer::mixed_cross_entropy, py::arg("logits"), py::arg("target"),
-           release())
-      .def("mix_targets", &Mixer::mix_targets, py::arg("y"), release())
+      .def("mixed_loss", &Mixer::mixed_loss, py::arg("loss_own"), py::arg("loss_other"))
+      .def("mixed_cross_entropy", &Mixer::mixed_cross_entropy, py::arg("logits"), py::arg("target"))
+      .def("mix_targets", &Mixer::mix_targets, py::arg("y"))
       .def("end_batch", &Mixer::end_batch)
       .def_property_readonly("batches", &Mixer::batches)
       .def_property_readonly("point_mixes", &Mixer::point_mixes)
