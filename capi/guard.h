@@ -35,7 +35,10 @@ mm_status guard(const char* fn, F&& body) noexcept {
   }
 }
 
-// `p`, or NullError naming it.
+// `p`, or NullError naming it. Every function checks its outputs this way before any work, in
+// a statement of its own: in `*nonnull(out, "out") = work()`, work() runs first (the right
+// side of an assignment is evaluated before the left), so a NULL output would be refused only
+// after what work() allocated was lost.
 template <typename T>
 T* nonnull(T* p, const char* name) {
   MM_CHECK_WITH(NullError, p != nullptr, name, " is NULL");

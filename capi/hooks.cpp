@@ -42,7 +42,8 @@ mm_status mm_hook_remove(mm_hook* hook) {
 mm_status mm_hook_point_count(const mm_hook* hook, size_t* count) {
   return guard(__func__, [&] {
     const PointRewrite& r = *live(hook, "hook").rewrite;
-    *nonnull(count, "count") = r.point_names().size();
+    nonnull(count, "count");
+    *count = r.point_names().size();
   });
 }
 
@@ -59,14 +60,16 @@ mm_status mm_hook_point_name(const mm_hook* hook, size_t i, const char** name) {
 mm_status mm_hook_mix_count(const mm_hook* hook, size_t i, int64_t* count) {
   return guard(__func__, [&] {
     const PointRewrite& r = *live(hook, "hook").rewrite;
-    *nonnull(count, "count") = r.mix_count(i);
+    nonnull(count, "count");
+    *count = r.mix_count(i);
   });
 }
 
 mm_status mm_hook_selection(const mm_hook* hook, const char** selection) {
   return guard(__func__, [&] {
     const PointRewrite& r = *live(hook, "hook").rewrite;
-    *nonnull(selection, "selection") = r.selection().c_str();
+    nonnull(selection, "selection");
+    *selection = r.selection().c_str();
   });
 }
 

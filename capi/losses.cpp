@@ -1,5 +1,6 @@
 // The C ABI's losses and gradients: mixed and plain cross-entropy, mixed regression targets,
 // mean squared error, backward.
+#include <ATen/ops/aminmax.h>
 #include <ATen/ops/cross_entropy_loss.h>
 #include <ATen/ops/mse_loss.h>
 #include <torch/csrc/autograd/autograd.h>
@@ -18,18 +19,23 @@ using manifold_mixup::capi::nonnull;
 
 namespace {
 
-// logits [B, C] floating against int64 class indices [B] in [0, C): libtorch's own check of
-// the range is an assertion, not an argument error.
+// logits [B, C] floating against int64 class indices [B] in [0, C), on one device. libtorch's
+// own check of the range is an assertion, not an argument error, so on the CPU the range is
+// read here. Not on a GPU: reading it back would make the host wait for the GPU at every step.
+// There an index out of range trips libtorch's device-side assertion, as the header says.
 void check_class_targets(const at::Tensor& logits, const at::Tensor& targets) {
   MM_CHECK_ARG(at::isFloatingType(logits.scalar_type()) && logits.dim() == 2, "logits must be a floating ",
                "tensor [B, C], got ", logits.scalar_type(), " of shape ", logits.sizes());
   MM_CHECK_ARG(targets.scalar_type() == at::kLong && targets.dim() == 1 && targets.size(0) == logits.size(0),
                "targets must be int64 class indices of shape [", logits.size(0), "], got ",
                targets.scalar_type(), " of shape ", targets.sizes());
-  if (targets.numel() > 0) {
-    const int64_t lo = targets.min().item<int64_t>(), hi = targets.max().item<int64_t>();
-    MM_CHECK_ARG(lo >= 0 && hi < logits.size(1), "targets must be class indices in [0, ", logits.size(1),
-                 "), got values in [", lo, ", ", hi, "]");
+  MM_CHECK_ARG(targets.device() == logits.device(), "targets must be on the logits' device (",
+               logits.device(), "), got ", targets.device());
+  if (targets.numel() > 0 && targets.device().is_cpu()) {
+    const auto [lo, hi] = at::aminmax(targets);
+    const int64_t low = lo.item<int64_t>(), high = hi.item<int64_t>();
+    MM_CHECK_ARG(low >= 0 && high < logits.size(1), "targets must be class indices in [0, ", logits.size(1),
+                 "), got values in [", low, ", ", high, "]");
   }
 }
 

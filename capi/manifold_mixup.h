@@ -20,6 +20,10 @@
  *     mm_last_error() tells why. The code comes from the kind of failure, never from the
  *     wording of a message. On failure, output arguments are left untouched and nothing is
  *     allocated. No C++ exception and no abort crosses this boundary.
+ *   - Output arguments are checked before any work: a required one passed as NULL gives
+ *     MM_ERR_NULL, and nothing was computed, allocated or changed.
+ *   - MM_ERR_NOMEM: memory ran out (the CPU's or a GPU's), from any function that allocates;
+ *     each lists it.
  *   - Handles (mm_mixer, mm_module, mm_hook, mm_tensor) are opaque. Whatever a function hands
  *     out through an `out` argument is owned by the caller and is freed with the matching
  *     *_destroy (or mm_hook_remove). The *_destroy functions accept NULL and do nothing.
@@ -115,11 +119,11 @@ MM_API mm_status mm_tensor_from_host(const void* data, mm_dtype dtype, const int
 
 /* Copies the tensor's elements, in C order and in its own dtype, into `buffer`, whose size
  * `bytes` must be exactly numel * mm_dtype_size(dtype). Errors: MM_ERR_NULL, MM_ERR_ARG
- * (wrong size, or a dtype outside mm_dtype). */
+ * (wrong size, or a dtype outside mm_dtype), MM_ERR_NOMEM (copying from a GPU). */
 MM_API mm_status mm_tensor_to_host(const mm_tensor* tensor, void* buffer, size_t bytes);
 
 /* The value of a tensor of one element, converted to double (e.g. a loss).
- * Errors: MM_ERR_NULL, MM_ERR_ARG (not exactly one element). */
+ * Errors: MM_ERR_NULL, MM_ERR_ARG (not exactly one element), MM_ERR_NOMEM. */
 MM_API mm_status mm_tensor_item(const mm_tensor* tensor, double* value);
 
 /* Number of dimensions, the size of dimension `dim` (negative counts from the end), the
@@ -139,12 +143,13 @@ struct DLManagedTensor;
  * library calls managed->deleter(managed) once the tensor (and everything that shares its
  * memory) is destroyed; the caller must not call it. On failure ownership stays with the
  * caller. Errors: MM_ERR_NULL, MM_ERR_ARG (not a CPU tensor, or no data or shape),
- * MM_ERR_TORCH (a dtype libtorch does not support). */
+ * MM_ERR_TORCH (a dtype libtorch does not support), MM_ERR_NOMEM. */
 MM_API mm_status mm_tensor_from_dlpack(struct DLManagedTensor* managed, mm_tensor** out);
 
 /* Exports the tensor's memory (no copy) as a new DLManagedTensor the caller owns: call
  * (*out)->deleter(*out) when done; the memory stays valid until then, even after
- * mm_tensor_destroy(tensor). Errors: MM_ERR_NULL, MM_ERR_TORCH. */
+ * mm_tensor_destroy(tensor). Errors: MM_ERR_NULL (then nothing is exported), MM_ERR_TORCH,
+ * MM_ERR_NOMEM. */
 MM_API mm_status mm_tensor_to_dlpack(const mm_tensor* tensor, struct DLManagedTensor** out);
 
 /* Frees the handle (the memory goes when nothing else shares it). NULL is a no-op.
@@ -153,7 +158,8 @@ MM_API mm_status mm_tensor_destroy(mm_tensor* tensor);
 
 /* A copy of `tensor` on `device` ("cpu", "cuda", "cuda:1"), owned by the caller. Errors:
  * MM_ERR_NULL, MM_ERR_ARG (a device string that is not "cpu" or "cuda[:N]", or CUDA asked
- * for where libtorch sees no GPU). mm_tensor_to_host copies back from any device. */
+ * for where libtorch sees no GPU), MM_ERR_NOMEM (no room on the device for the copy).
+ * mm_tensor_to_host copies back from any device. */
 MM_API mm_status mm_tensor_to_device(const mm_tensor* tensor, const char* device, mm_tensor** out);
 
 /* ---- the mixer ------------------------------------------------------------------------- */
@@ -197,7 +203,7 @@ MM_API mm_status mm_mixer_config_init(mm_mixer_config* config, size_t size);
 /* Creates a mixer. Errors: MM_ERR_NULL; MM_ERR_ARG (config->size smaller than the size field,
  * or a nonzero byte beyond the library's struct; alpha negative or not finite; a bad
  * schedule: an unknown kind, alpha_min or alpha_max negative or not finite, total_steps < 1,
- * or alpha_min 0 for the exponential one, which would stay 0). */
+ * or alpha_min 0 for the exponential one, which would stay 0), MM_ERR_NOMEM. */
 MM_API mm_status mm_mixer_create(const mm_mixer_config* config, mm_mixer** out);
 
 /* Frees the mixer handle, ending its batch if one is open. An installed hook keeps what it
@@ -236,7 +242,9 @@ MM_API mm_status mm_mixer_unmixed_batches(const mm_mixer* mixer, int64_t* count)
  * *chosen when chosen is not NULL. Until mm_batch_end, the chosen point mixes (once) in the
  * forward passes that run it in training mode, all but a plain one (see mm_forward).
  * Alpha does not move here (see mm_mixer_set_step). Errors: MM_ERR_NULL (mixer),
- * MM_ERR_ARG (batch_size < 1), MM_ERR_STATE (a batch has begun and not ended). */
+ * MM_ERR_ARG (batch_size < 1, or more samples than memory can index: 12 bytes each),
+ * MM_ERR_STATE (a batch has begun and not ended), MM_ERR_NOMEM (no room for the batch's
+ * weights and permutation). */
 MM_API mm_status mm_batch_begin(mm_mixer* mixer, int64_t batch_size, int64_t* chosen);
 
 /* mm_batch_begin for a batch whose tensors live on `device` ("cpu", "cuda", "cuda:1"): the
@@ -247,7 +255,8 @@ MM_API mm_status mm_batch_begin_on(mm_mixer* mixer, int64_t batch_size, const ch
                                    int64_t* chosen);
 
 /* Copies of the batch's weights (float32 [B]) and permutation (int64 [B]) as new tensors;
- * either output may be NULL. Errors: MM_ERR_NULL (mixer), MM_ERR_STATE (no batch). */
+ * either output may be NULL (it is then not copied). Errors: MM_ERR_NULL (mixer),
+ * MM_ERR_STATE (no batch), MM_ERR_NOMEM. */
 MM_API mm_status mm_batch_weights(const mm_mixer* mixer, mm_tensor** lam, mm_tensor** perm);
 
 /* Whether the batch has mixed so far: *mixed is 1 once the chosen point (the input, or a module)
@@ -266,8 +275,9 @@ typedef struct mm_module mm_module;
 
 /* Loads a TorchScript module saved by torch.jit.save (or torch::jit::Module::save), on the
  * CPU, in training mode. The file is trusted input (see the conventions above).
- * Errors: MM_ERR_NULL, MM_ERR_IO (no such file, a directory or other non-regular file, or
- * not readable), MM_ERR_TORCH (not a TorchScript archive, or its code does not compile). */
+ * Errors: MM_ERR_NULL, MM_ERR_IO (an empty path, no such file, a directory or other
+ * non-regular file, or not readable), MM_ERR_TORCH (not a TorchScript archive, or its code
+ * does not compile), MM_ERR_NOMEM. */
 MM_API mm_status mm_module_load(const char* path, mm_module** out);
 
 /* Wraps a module the host already holds. `torch_jit_module` must point to a live
@@ -277,24 +287,29 @@ MM_API mm_status mm_module_load(const char* path, mm_module** out);
  * host's object) and stays valid if the host's object is destroyed first. While points are
  * installed, the host should call the module through Module::forward or run_method, not
  * through a torch::jit::Method taken before mm_hook_install (it would not mix) or kept after
- * mm_hook_remove (it would name a freed function). */
+ * mm_hook_remove (it would name a freed function). Errors: MM_ERR_NULL, MM_ERR_NOMEM. */
 MM_API mm_status mm_module_borrow(void* torch_jit_module, mm_module** out);
 
 /* Frees the handle. Hooks installed on the module stay until mm_hook_remove. NULL: no-op.
  * Errors: MM_ERR_STATE (destroyed already). */
 MM_API mm_status mm_module_destroy(mm_module* module);
 
-/* Saves the module as TorchScript at `path`, through a temporary file beside it that is then
- * renamed over `path`: on failure an existing file at `path` is left as it was. A file it
+/* Saves the module as TorchScript at `path`, through a temporary file beside it (named
+ * `path`.mm-save-*) that is flushed to the disk, then renamed over `path`: on failure an
+ * existing file at `path` is left as it was, and the temporary file is removed. A file it
  * replaces keeps its permissions. Save after mm_hook_remove: a module saved with points
- * installed needs this library to load. Errors: MM_ERR_NULL, MM_ERR_IO (the directory cannot
- * be written, `path` is a directory, or an existing file there is not writable),
- * MM_ERR_TORCH (libtorch cannot serialise the module). */
+ * installed needs this library to load. Errors: MM_ERR_NULL, MM_ERR_IO (an empty path, the
+ * directory cannot be written, `path` is a directory, an existing file there is not
+ * writable, or a write fails: a full disk, a quota, the process's file-size limit), MM_ERR_TORCH
+ * (libtorch cannot serialise the module), MM_ERR_NOMEM. Past a file-size limit (RLIMIT_FSIZE)
+ * the system sends SIGXFSZ, whose default action ends the process before any write fails:
+ * a host that sets such limits ignores the signal, as for any write. */
 MM_API mm_status mm_module_save(const mm_module* module, const char* path);
 
 /* Moves the module's parameters and buffers to `device` ("cpu", "cuda", "cuda:1"); its
  * inputs must then live there too (mm_tensor_to_device) and batches begin there
- * (mm_batch_begin_on). Errors: MM_ERR_NULL, MM_ERR_ARG (device, as mm_batch_begin_on). */
+ * (mm_batch_begin_on). Errors: MM_ERR_NULL, MM_ERR_ARG (device, as mm_batch_begin_on),
+ * MM_ERR_NOMEM (no room on the device). */
 MM_API mm_status mm_module_to_device(mm_module* module, const char* device);
 
 /* Training mode (nonzero) or evaluation mode (0), for the module and its submodules. In
@@ -316,14 +331,14 @@ MM_API mm_status mm_module_parameter_count(const mm_module* module, int64_t* ten
  * mm_module_run_method, and in a host's own calls of a module it lent with mm_module_borrow.
  * Errors: MM_ERR_NULL; MM_ERR_STATE (mixer given and no batch); MM_ERR_ARG (input's dim 0 is
  * not the batch size); MM_ERR_TORCH (the module's forward failed, e.g. on an input of the
- * wrong shape or dtype, or returned no Tensor). */
+ * wrong shape or dtype, or returned no Tensor); MM_ERR_NOMEM. */
 MM_API mm_status mm_forward(mm_mixer* mixer, mm_module* module, const mm_tensor* input,
                             mm_tensor** out);
 
 /* Runs another method of the module (one exported with @torch.jit.export) on one tensor;
  * its installed points mix in it while their mixer's batch is open, in training mode.
  * Errors: MM_ERR_NULL, MM_ERR_NOT_FOUND (no such method), MM_ERR_TORCH (the method failed, or
- * returned no Tensor). */
+ * returned no Tensor), MM_ERR_NOMEM. */
 MM_API mm_status mm_module_run_method(mm_module* module, const char* method,
                                       const mm_tensor* input, mm_tensor** out);
 
@@ -337,32 +352,39 @@ MM_API mm_status mm_sgd_step(mm_module* module, double lr);
 /* ---- losses and gradients --------------------------------------------------------------- */
 
 /* Mean over the batch of lam * CE(logits, y) + (1 - lam) * CE(logits, y[perm]), the mixed
- * cross-entropy of logits (floating, [B, C]) against int64 class indices targets ([B]), as a
- * new scalar tensor *loss. Call it after the batch's forward: when the batch did not mix (see
- * mm_batch_mixed) it is the plain mean CE(logits, y). Errors: MM_ERR_NULL, MM_ERR_STATE (no batch), MM_ERR_ARG (dtypes,
- * shapes, B not the batch size; a class index out of range). */
+ * cross-entropy of logits (floating, [B, C]) against int64 class indices targets ([B]) on the
+ * logits' device, as a new scalar tensor *loss. Call it after the batch's forward: when the
+ * batch did not mix (see mm_batch_mixed) it is the plain mean CE(logits, y). Errors:
+ * MM_ERR_NULL, MM_ERR_STATE (no batch), MM_ERR_ARG (dtypes, shapes, B not the batch size,
+ * devices; on the CPU, a class index out of range), MM_ERR_NOMEM.
+ * Class indices on a GPU are not read back to be checked, since that would make every step
+ * wait for the GPU: an index out of range there trips libtorch's device-side assertion, which
+ * the next call that waits for the GPU (mm_tensor_item, mm_tensor_to_host) reports as
+ * MM_ERR_TORCH, and after which the process cannot use CUDA any more, as in PyTorch. */
 MM_API mm_status mm_mixed_cross_entropy(const mm_mixer* mixer, const mm_tensor* logits,
                                         const mm_tensor* targets, mm_tensor** loss);
 
-/* Plain mean cross-entropy (for evaluation). Errors: MM_ERR_NULL, MM_ERR_ARG. */
+/* Plain mean cross-entropy (for evaluation), with the arguments and checks of
+ * mm_mixed_cross_entropy. Errors: MM_ERR_NULL, MM_ERR_ARG, MM_ERR_NOMEM. */
 MM_API mm_status mm_cross_entropy(const mm_tensor* logits, const mm_tensor* targets,
                                   mm_tensor** loss);
 
 /* Regression: the targets mixed like the point (lam * y[i] + (1 - lam) * y[perm[i]] along
  * dim 0), as a new tensor; use them with the plain loss. Call it after the batch's forward:
  * when the batch did not mix (see mm_batch_mixed) the targets come back unchanged. Errors:
- * MM_ERR_NULL, MM_ERR_STATE (no batch), MM_ERR_ARG (not floating, or dim 0 not the batch size). */
+ * MM_ERR_NULL, MM_ERR_STATE (no batch), MM_ERR_ARG (not floating, or dim 0 not the batch size),
+ * MM_ERR_NOMEM. */
 MM_API mm_status mm_mix_targets(const mm_mixer* mixer, const mm_tensor* targets,
                                 mm_tensor** mixed);
 
 /* Mean squared error between two floating tensors of one shape, as a new scalar tensor.
- * Errors: MM_ERR_NULL, MM_ERR_ARG. */
+ * Errors: MM_ERR_NULL, MM_ERR_ARG, MM_ERR_NOMEM. */
 MM_API mm_status mm_mse_loss(const mm_tensor* prediction, const mm_tensor* target,
                              mm_tensor** loss);
 
 /* Back-propagates a scalar loss into the gradients of the parameters it depends on
  * (accumulating, as libtorch does). Errors: MM_ERR_NULL, MM_ERR_ARG (not a scalar, or it
- * does not require grad). */
+ * does not require grad), MM_ERR_NOMEM. */
 MM_API mm_status mm_backward(const mm_tensor* loss);
 
 /* ---- mixup points ----------------------------------------------------------------------- */
@@ -383,7 +405,7 @@ typedef struct mm_hook mm_hook;
  * MM_ERR_ARG (a name given twice; a point whose forward does not return one Tensor, or that
  * no method calls (frozen module); no module to select); MM_ERR_STATE (the mixer is in a
  * batch or has a hook; another hook has a point on the same submodule, or rewrites the same
- * module types). On failure the module is unchanged. */
+ * module types), MM_ERR_NOMEM. On failure the module is unchanged. */
 MM_API mm_status mm_hook_install(mm_mixer* mixer, mm_module* module, const char* const* names,
                                  size_t n_names, mm_hook** out);
 

@@ -136,7 +136,8 @@ mm_status mm_mixer_destroy(mm_mixer* mixer) {
 mm_status mm_mixer_alpha(const mm_mixer* mixer, double* alpha) {
   return guard(__func__, [&] {
     const Mixer& m = *live(mixer, "mixer").mixer;
-    *nonnull(alpha, "alpha") = m.alpha();
+    nonnull(alpha, "alpha");
+    *alpha = m.alpha();
   });
 }
 
@@ -152,7 +153,8 @@ mm_status mm_mixer_set_step(mm_mixer* mixer, int64_t step) {
   mm_status name(const mm_mixer* mixer, int64_t* count) { \
     return guard(#name, [&] {                             \
       const Mixer& m = *live(mixer, "mixer").mixer;       \
-      *nonnull(count, "count") = m.expr();                \
+      nonnull(count, "count");                            \
+      *count = m.expr();                                  \
     });                                                   \
   }
 MM_COUNTER(mm_mixer_batches, batches)
@@ -179,8 +181,9 @@ mm_status mm_batch_begin_on(mm_mixer* mixer, int64_t batch_size, const char* dev
 mm_status mm_batch_weights(const mm_mixer* mixer, mm_tensor** lam, mm_tensor** perm) {
   return guard(__func__, [&] {
     const Mixer& m = require_batch(mixer);
-    std::unique_ptr<mm_tensor> l(manifold_mixup::capi::new_tensor(m.lam().clone()));
-    std::unique_ptr<mm_tensor> p(manifold_mixup::capi::new_tensor(m.perm().clone()));
+    // Only what is asked for is copied; both are made before either is handed out.
+    std::unique_ptr<mm_tensor> l(lam ? manifold_mixup::capi::new_tensor(m.lam().clone()) : nullptr);
+    std::unique_ptr<mm_tensor> p(perm ? manifold_mixup::capi::new_tensor(m.perm().clone()) : nullptr);
     if (lam) *lam = l.release();
     if (perm) *perm = p.release();
   });
@@ -188,8 +191,9 @@ mm_status mm_batch_weights(const mm_mixer* mixer, mm_tensor** lam, mm_tensor** p
 
 mm_status mm_batch_mixed(const mm_mixer* mixer, int* mixed) {
   return guard(__func__, [&] {
-    const Mixer& m = require_batch(mixer);
-    *nonnull(mixed, "mixed") = m.mixed() ? 1 : 0;
+    live(mixer, "mixer");
+    nonnull(mixed, "mixed");
+    *mixed = require_batch(mixer).mixed() ? 1 : 0;
   });
 }
 

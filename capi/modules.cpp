@@ -1,6 +1,7 @@
 // The C ABI's modules: loading, borrowing and saving TorchScript modules, devices, training
 // mode, forward passes and methods, and the plain SGD step.
 #include <ATen/core/grad_mode.h>
+#include <torch/csrc/jit/serialization/export.h>
 #include <torch/csrc/jit/serialization/import.h>
 
 #include <fcntl.h>
@@ -14,6 +15,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "device.h"
 #include "errors.h"
@@ -43,9 +45,10 @@ void check_readable_file(const char* path) {
 }
 
 // A new, empty file beside `path` (same directory, so rename() is atomic), with the mode an
-// existing `path` has (else the umask's); its name.
-std::string create_temporary_beside(const std::string& path) {
+// existing `path` has (else the umask's), open for writing: its name and descriptor.
+std::pair<std::string, int> create_temporary_beside(const std::string& path) {
   static std::atomic<unsigned> counter{0};
+  MM_CHECK_IO(!path.empty(), "cannot write '': the path is empty");
   struct stat st;
   const bool exists = ::stat(path.c_str(), &st) == 0;
   MM_CHECK_IO(!exists || !S_ISDIR(st.st_mode), "cannot write '", path, "': it is a directory");
@@ -56,12 +59,44 @@ std::string create_temporary_beside(const std::string& path) {
     if (fd < 0 && errno == EEXIST) continue;
     MM_CHECK_IO(fd >= 0, "cannot write '", path, "': ", std::strerror(errno));
     if (exists) (void)::fchmod(fd, st.st_mode & 07777);
-    ::close(fd);
-    return tmp;
+    return {tmp, fd};
   }
   MM_CHECK_IO(false, "cannot write '", path, "': no free temporary name beside it");
   return {};
 }
+
+// Where libtorch's archive writer writes: the temporary file's descriptor. The writer must never
+// see a failure: told of one (a short write), it throws, then throws again from its destructor,
+// which ends the process. So a failed write is recorded here, the rest of the archive is
+// discarded, and the save fails once the writer is done.
+class ArchiveFile {
+ public:
+  explicit ArchiveFile(int fd) : fd_(fd) {}
+  size_t write(const void* data, size_t n) {
+    const char* p = static_cast<const char*>(data);
+    for (size_t left = n; left > 0 && error_ == 0;) {
+      const ssize_t done = ::write(fd_, p, left);
+      if (done < 0 && errno == EINTR) continue;
+      if (done <= 0) {
+        error_ = done < 0 ? errno : EIO;
+        break;
+      }
+      p += done;
+      left -= static_cast<size_t>(done);
+    }
+    return n;
+  }
+  // Flushes to the disk and closes; the first error of the whole save, or 0.
+  int close() {
+    if (error_ == 0 && ::fsync(fd_) != 0) error_ = errno;
+    if (::close(fd_) != 0 && error_ == 0) error_ = errno;
+    return error_;
+  }
+
+ private:
+  int fd_;
+  int error_ = 0;
+};
 
 }  // namespace
 
@@ -102,10 +137,20 @@ mm_status mm_module_save(const mm_module* module, const char* path) {
     const torch::jit::Module& m = live(module, "module").module;
     nonnull(path, "path");
     // Into a temporary file, renamed over `path` once complete: a failing save leaves any
-    // existing file as it was.
-    const std::string tmp = create_temporary_beside(path);
+    // existing file as it was, and no temporary file.
+    const auto [tmp, fd] = create_temporary_beside(path);
+    ArchiveFile file(fd);
     try {
-      run_torchscript([&] { m.save(tmp); });
+      try {
+        run_torchscript([&] {
+          torch::jit::ExportModule(m, [&](const void* data, size_t n) { return file.write(data, n); });
+        });
+      } catch (...) {
+        file.close();
+        throw;
+      }
+      const int error = file.close();
+      MM_CHECK_IO(error == 0, "cannot write '", path, "': ", std::strerror(error));
       MM_CHECK_IO(std::rename(tmp.c_str(), path) == 0, "cannot write '", path, "': ", std::strerror(errno));
     } catch (...) {
       std::remove(tmp.c_str());

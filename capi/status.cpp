@@ -54,6 +54,16 @@ std::string report_text(const torch::jit::ErrorReport& e) {
   return "TorchScript could not compile the module's code: " + text;
 }
 
+// Whether libtorch's CPU allocator raised `e` because memory ran out. CUDA's allocators raise
+// c10::OutOfMemoryError, a type; the CPU allocator (c10::alloc_cpu) fails a CAFFE_ENFORCE
+// instead, a plain c10::Error whose only mark of its kind is the place it was raised, which
+// CAFFE_ENFORCE writes at the head of the message. The sizes it was asked for have passed
+// ATen's overflow checks by then: it fails only for want of memory.
+bool raised_by_cpu_allocator(const c10::Error& e) noexcept {
+  static constexpr char kPlace[] = "[enforce fail at alloc_cpu.cpp:";
+  return e.msg().compare(0, sizeof kPlace - 1, kPlace) == 0;
+}
+
 // The one table from the kind of error to its status; any other c10::Error is libtorch's.
 mm_status status_of(const c10::Error& e) noexcept {
   if (dynamic_cast<const NullError*>(&e)) return MM_ERR_NULL;
@@ -61,7 +71,7 @@ mm_status status_of(const c10::Error& e) noexcept {
   if (dynamic_cast<const StateError*>(&e)) return MM_ERR_STATE;
   if (dynamic_cast<const NotFoundError*>(&e)) return MM_ERR_NOT_FOUND;
   if (dynamic_cast<const IoError*>(&e)) return MM_ERR_IO;
-  if (dynamic_cast<const c10::OutOfMemoryError*>(&e)) return MM_ERR_NOMEM;
+  if (dynamic_cast<const c10::OutOfMemoryError*>(&e) || raised_by_cpu_allocator(e)) return MM_ERR_NOMEM;
   return MM_ERR_TORCH;
 }
 

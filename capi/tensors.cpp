@@ -46,17 +46,6 @@ mm_dtype to_mm_dtype(at::ScalarType s) {
   return MM_FLOAT32;
 }
 
-// A CPU tensor of `sizes`, whose product and byte size have been checked: its allocation can
-// only fail for lack of memory, which is MM_ERR_NOMEM (libtorch reports it as a plain c10::Error).
-at::Tensor allocate(const std::vector<int64_t>& sizes, at::ScalarType dtype, size_t bytes) {
-  try {
-    return at::empty(sizes, at::TensorOptions().dtype(dtype));
-  } catch (const c10::Error&) {
-    throw c10::OutOfMemoryError(c10::SourceLocation{__func__, __FILE__, static_cast<uint32_t>(__LINE__)},
-                                c10::str("cannot allocate ", bytes, " bytes for the tensor"));
-  }
-}
-
 }  // namespace
 
 extern "C" {
@@ -89,7 +78,7 @@ mm_status mm_tensor_from_host(const void* data, mm_dtype dtype, const int64_t* s
                  c10::IntArrayRef(sizes), " of ", elem, "-byte elements is larger than memory can be");
     if (numel > 0) nonnull(data, "data");
     const size_t bytes = static_cast<size_t>(numel) * elem;
-    at::Tensor t = allocate(sizes, st, bytes);
+    at::Tensor t = at::empty(sizes, at::TensorOptions().dtype(st));
     if (bytes > 0) std::memcpy(t.data_ptr(), data, bytes);
     *out = manifold_mixup::capi::new_tensor(std::move(t));
   });
@@ -118,7 +107,8 @@ mm_status mm_tensor_item(const mm_tensor* tensor, double* value) {
 mm_status mm_tensor_ndim(const mm_tensor* tensor, int* ndim) {
   return guard(__func__, [&] {
     const at::Tensor& t = live(tensor, "tensor").t;
-    *nonnull(ndim, "ndim") = static_cast<int>(t.dim());
+    nonnull(ndim, "ndim");
+    *ndim = static_cast<int>(t.dim());
   });
 }
 
@@ -135,14 +125,16 @@ mm_status mm_tensor_size(const mm_tensor* tensor, int dim, int64_t* size) {
 mm_status mm_tensor_numel(const mm_tensor* tensor, int64_t* numel) {
   return guard(__func__, [&] {
     const at::Tensor& t = live(tensor, "tensor").t;
-    *nonnull(numel, "numel") = t.numel();
+    nonnull(numel, "numel");
+    *numel = t.numel();
   });
 }
 
 mm_status mm_tensor_dtype(const mm_tensor* tensor, mm_dtype* dtype) {
   return guard(__func__, [&] {
     const at::Tensor& t = live(tensor, "tensor").t;
-    *nonnull(dtype, "dtype") = to_mm_dtype(t.scalar_type());
+    nonnull(dtype, "dtype");
+    *dtype = to_mm_dtype(t.scalar_type());
   });
 }
 
@@ -166,7 +158,8 @@ mm_status mm_tensor_from_dlpack(struct DLManagedTensor* managed, mm_tensor** out
 mm_status mm_tensor_to_dlpack(const mm_tensor* tensor, struct DLManagedTensor** out) {
   return guard(__func__, [&] {
     const at::Tensor& t = live(tensor, "tensor").t;
-    *nonnull(out, "out") = at::toDLPack(t.detach());
+    nonnull(out, "out");
+    *out = at::toDLPack(t.detach());
   });
 }
 

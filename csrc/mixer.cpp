@@ -11,6 +11,7 @@
 #include <c10/util/Exception.h>
 
 #include <cmath>
+#include <limits>
 #include <mutex>
 #include <utility>
 
@@ -103,6 +104,8 @@ double folded_beta(double alpha, at::CPUGeneratorImpl* gen) {
 // batch's device by one copy, pinned for CUDA so that the copy does not wait for the host.
 std::pair<at::Tensor, at::Tensor> Mixer::draw_weights_and_perm(int64_t batch_size,
                                                                at::Device device) {
+  MM_CHECK_ARG(batch_size <= std::numeric_limits<int64_t>::max() / 12, "begin_batch: batch_size ", batch_size,
+               " is more than memory can hold (12 bytes a sample for its weight and permutation)");
   const int64_t b = batch_size, perm_bytes = b * 8;
   auto host = at::empty({perm_bytes + b * 4},
                         at::TensorOptions().dtype(at::kByte).pinned_memory(device.is_cuda()));

@@ -6,10 +6,12 @@
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include <ATen/dlpack.h>
@@ -981,6 +983,43 @@ done:
   mm_module_destroy(back);
 }
 
+/* A save whose writes fail (here past the process's file-size limit; a full disk fails the
+ * same way) is MM_ERR_IO: the process goes on, the old file stays, no temporary file is left.
+ * So is an empty path. */
+static void test_save_write_failure_is_io(void) {
+  mm_module* mod = NULL;
+  char dir[4096], keep[4200];
+  struct rlimit old, small;
+  void (*previous)(int) = SIG_DFL;
+  int limited = 0;
+  mm_status st;
+  snprintf(dir, sizeof dir, "%s/save_limit_test", g_dir);
+  snprintf(keep, sizeof keep, "%s/keep.pt", dir);
+  CHECK(mkdir(dir, 0755) == 0 || errno == EEXIST);
+  CHECK(write_file(keep, "precious"));
+  CHECK_OK(mm_module_load(model_path("resnet"), &mod));
+  CHECK_STATUS(mm_module_save(mod, ""), MM_ERR_IO);
+  CHECK_MSG("empty");
+  CHECK(getrlimit(RLIMIT_FSIZE, &old) == 0);
+  small = old;
+  small.rlim_cur = 4096; /* the module's archive is larger */
+  previous = signal(SIGXFSZ, SIG_IGN); /* else the limit ends the process */
+  CHECK(setrlimit(RLIMIT_FSIZE, &small) == 0);
+  limited = 1;
+  st = mm_module_save(mod, keep);
+  CHECK(setrlimit(RLIMIT_FSIZE, &old) == 0);
+  limited = 0;
+  CHECK(st == MM_ERR_IO);
+  CHECK_MSG("too large");
+  CHECK(file_equals(keep, "precious"));
+  CHECK(!dir_has(dir, ".mm-save-"));
+  CHECK_OK(mm_module_save(mod, keep)); /* within the limit again */
+done:
+  if (limited) setrlimit(RLIMIT_FSIZE, &old);
+  signal(SIGXFSZ, previous);
+  mm_module_destroy(mod);
+}
+
 /* TorchScript's own failures (the interpreter's, the compiler's) are MM_ERR_TORCH. */
 static void test_torchscript_errors_are_torch(void) {
   mm_module *mlp = NULL, *resnet = NULL, *bad = NULL;
@@ -1057,12 +1096,37 @@ done:
   mm_tensor_destroy(t);
 }
 
-/* A tensor too large for memory is MM_ERR_NOMEM (not run under valgrind, whose allocator
- * would warn about the size). Skipped where the kernel grants any allocation. */
+/* A DLPack tensor of float32 [rows, cols] over `data` (not copied, not read until used), whose
+ * deleter counts in g_deleted: the memory is let go once nothing holds it. */
+static int g_deleted;
+static void count_deleted(DLManagedTensor* self) {
+  (void)self;
+  ++g_deleted;
+}
+static DLManagedTensor borrowed_floats(float* data, int64_t* shape) {
+  DLManagedTensor m;
+  memset(&m, 0, sizeof m);
+  m.dl_tensor.data = data;
+  m.dl_tensor.device.device_type = kDLCPU;
+  m.dl_tensor.ndim = 2;
+  m.dl_tensor.dtype.code = kDLFloat;
+  m.dl_tensor.dtype.bits = 32;
+  m.dl_tensor.dtype.lanes = 1;
+  m.dl_tensor.shape = shape;
+  m.deleter = count_deleted;
+  return m;
+}
+
+/* Memory running out is MM_ERR_NOMEM wherever it happens: a tensor from the host, a batch's
+ * weights, a copy. Sizes far beyond this machine, refused by the allocator without being
+ * touched (not run under valgrind, whose allocator would warn about the sizes). Skipped where
+ * the kernel grants any allocation (it would then be touched). */
 static void test_allocation_failure_is_nomem(void) {
-  mm_tensor* t = NULL;
+  mm_mixer* mixer = make_mixer(0.4, 1);
+  mm_tensor *t = NULL, *huge = NULL, *copy = NULL;
   float f = 0;
-  int64_t shape[1] = {(int64_t)1 << 58}; /* 2^60 bytes */
+  int64_t shape[1] = {(int64_t)1 << 58}, view[2] = {(int64_t)1 << 38, 4}, chosen = 0, batches = 0;
+  DLManagedTensor managed = borrowed_floats(&f, view); /* 2^40 floats over one */
   FILE* oc = fopen("/proc/sys/vm/overcommit_memory", "r");
   int mode = 0;
   if (oc) {
@@ -1071,13 +1135,107 @@ static void test_allocation_failure_is_nomem(void) {
   }
   if (mode == 1) {
     printf("    skipped: vm.overcommit_memory is 1\n");
+    mm_mixer_destroy(mixer);
     return;
   }
-  CHECK_STATUS(mm_tensor_from_host(&f, MM_FLOAT32, shape, 1, &t), MM_ERR_NOMEM);
-  CHECK_MSG("cannot allocate");
+  g_deleted = 0;
+  CHECK_STATUS(mm_tensor_from_host(&f, MM_FLOAT32, shape, 1, &t), MM_ERR_NOMEM); /* 2^60 bytes */
+  CHECK_MSG("allocate");
   CHECK(t == NULL);
+  CHECK_STATUS(mm_batch_begin(mixer, (int64_t)1 << 40, &chosen), MM_ERR_NOMEM); /* 12 TiB */
+  CHECK_MSG("allocate");
+  CHECK_STATUS(mm_batch_begin(mixer, INT64_MAX, &chosen), MM_ERR_ARG); /* not even addressable */
+  CHECK_MSG("batch_size");
+  CHECK_OK(mm_mixer_batches(mixer, &batches));
+  CHECK(batches == 0);
+  CHECK_OK(mm_batch_begin(mixer, B, &chosen)); /* nothing was left half begun */
+  CHECK_OK(mm_batch_end(mixer));
+  CHECK_OK(mm_tensor_from_dlpack(&managed, &huge));
+  CHECK_STATUS(mm_tensor_to_device(huge, "cpu", &copy), MM_ERR_NOMEM); /* a 4 TiB copy */
+  CHECK(copy == NULL);
+  CHECK_OK(mm_tensor_destroy(huge));
+  huge = NULL;
+  CHECK(g_deleted == 1);
 done:
   mm_tensor_destroy(t);
+  mm_tensor_destroy(copy);
+  mm_tensor_destroy(huge);
+  mm_mixer_destroy(mixer);
+}
+
+/* An output passed as NULL is refused before any work: nothing is allocated, exported, mixed
+ * or installed. The inputs' memory (a DLPack tensor's) is let go as soon as they are destroyed,
+ * so no call kept a reference to it. */
+static void test_null_outputs_do_no_work(void) {
+  static float data[B * C];
+  int64_t shape[2] = {B, C}, chosen = -5, n = 0;
+  DLManagedTensor managed = borrowed_floats(data, shape), other = borrowed_floats(data, shape);
+  mm_mixer_config cfg;
+  mm_mixer* mixer = make_mixer(1.0, 1); /* no hook yet: the input is the chosen point */
+  mm_module* mod = NULL;
+  mm_hook* hook = NULL;
+  mm_tensor *t = NULL, *x = make_input(), *y = make_targets();
+  const char* name = "l2";
+  const char* text = NULL;
+  size_t count = 0;
+  int mixed = -1;
+  g_deleted = 0;
+  CHECK(mixer && x && y);
+  CHECK_OK(mm_module_load(model_path("mlp"), &mod));
+  CHECK_OK(mm_tensor_from_dlpack(&managed, &t));
+  CHECK_STATUS(mm_tensor_to_dlpack(t, NULL), MM_ERR_NULL);
+  CHECK_MSG("out is NULL");
+  CHECK_STATUS(mm_tensor_to_device(t, "cpu", NULL), MM_ERR_NULL);
+  CHECK_STATUS(mm_tensor_item(t, NULL), MM_ERR_NULL);
+  CHECK_STATUS(mm_tensor_ndim(t, NULL), MM_ERR_NULL);
+  CHECK_STATUS(mm_tensor_size(t, 0, NULL), MM_ERR_NULL);
+  CHECK_STATUS(mm_tensor_numel(t, NULL), MM_ERR_NULL);
+  CHECK_STATUS(mm_tensor_dtype(t, NULL), MM_ERR_NULL);
+  CHECK_STATUS(mm_mse_loss(t, t, NULL), MM_ERR_NULL);
+  CHECK_STATUS(mm_cross_entropy(t, y, NULL), MM_ERR_NULL);
+  CHECK_STATUS(mm_tensor_from_host(data, MM_FLOAT32, shape, 2, NULL), MM_ERR_NULL);
+  CHECK_STATUS(mm_tensor_from_dlpack(&other, NULL), MM_ERR_NULL); /* still the caller's */
+  CHECK_STATUS(mm_module_load(model_path("mlp"), NULL), MM_ERR_NULL);
+  CHECK_STATUS(mm_module_run_method(mod, "forward", x, NULL), MM_ERR_NULL);
+  mm_mixer_config_init(&cfg, sizeof cfg);
+  CHECK_STATUS(mm_mixer_create(&cfg, NULL), MM_ERR_NULL);
+  CHECK_STATUS(mm_mixer_alpha(mixer, NULL), MM_ERR_NULL);
+  CHECK_STATUS(mm_mixer_batches(mixer, NULL), MM_ERR_NULL);
+  CHECK_STATUS(mm_mixer_input_mixes(mixer, NULL), MM_ERR_NULL);
+  CHECK_STATUS(mm_mixer_repeated_calls(mixer, NULL), MM_ERR_NULL);
+  CHECK_STATUS(mm_mixer_unmixed_batches(mixer, NULL), MM_ERR_NULL);
+  /* In a batch that mixes the input: a forward with nowhere to put its output does not mix. */
+  CHECK_OK(mm_batch_begin(mixer, B, &chosen));
+  CHECK(chosen == MM_POINT_INPUT);
+  CHECK_STATUS(mm_forward(mixer, mod, x, NULL), MM_ERR_NULL);
+  CHECK_STATUS(mm_batch_mixed(mixer, NULL), MM_ERR_NULL);
+  CHECK_OK(mm_batch_mixed(mixer, &mixed));
+  CHECK(mixed == 0);
+  CHECK_OK(mm_mixer_input_mixes(mixer, &n));
+  CHECK(n == 0);
+  CHECK_STATUS(mm_mixed_cross_entropy(mixer, t, y, NULL), MM_ERR_NULL);
+  CHECK_STATUS(mm_mix_targets(mixer, t, NULL), MM_ERR_NULL);
+  CHECK_OK(mm_batch_end(mixer));
+  /* A hook with nowhere to go installs nothing: the same points install afterwards. */
+  CHECK_STATUS(mm_hook_install(mixer, mod, &name, 1, NULL), MM_ERR_NULL);
+  CHECK_OK(mm_hook_install(mixer, mod, &name, 1, &hook));
+  CHECK_STATUS(mm_hook_point_count(hook, NULL), MM_ERR_NULL);
+  CHECK_STATUS(mm_hook_point_name(hook, 0, NULL), MM_ERR_NULL);
+  CHECK_STATUS(mm_hook_mix_count(hook, 7, NULL), MM_ERR_NULL); /* NULL before the bad index */
+  CHECK_STATUS(mm_hook_selection(hook, NULL), MM_ERR_NULL);
+  CHECK_OK(mm_hook_point_count(hook, &count));
+  CHECK_OK(mm_hook_point_name(hook, 0, &text));
+  CHECK(count == 1 && strcmp(text, "l2") == 0);
+  CHECK_OK(mm_tensor_destroy(t));
+  t = NULL;
+  CHECK(g_deleted == 1);
+done:
+  mm_hook_remove(hook);
+  mm_tensor_destroy(t);
+  mm_tensor_destroy(x);
+  mm_tensor_destroy(y);
+  mm_module_destroy(mod);
+  mm_mixer_destroy(mixer);
 }
 
 /* Handles used after their destroy, destroyed twice, or of another kind are refused. */
@@ -1250,6 +1408,8 @@ int main(int argc, char** argv) {
       {"loading_what_is_not_a_module", test_loading_what_is_not_a_module},
       {"bad_schedules_and_shapes", test_bad_schedules_and_shapes},
       {"allocation_failure_is_nomem", test_allocation_failure_is_nomem},
+      {"null_outputs_do_no_work", test_null_outputs_do_no_work},
+      {"save_write_failure_is_io", test_save_write_failure_is_io},
       {"handles_after_destroy", test_handles_after_destroy},
       {"alpha_moves_only_with_set_step", test_alpha_moves_only_with_set_step},
   };
