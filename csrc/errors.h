@@ -9,29 +9,31 @@
 
 #include <cstdint>
 
+#include "export.h"
+
 namespace manifold_mixup {
 
 // An argument has a wrong value, dtype or shape.
-class ArgumentError : public c10::Error {
+class MM_CORE_API ArgumentError : public c10::Error {
  public:
   using c10::Error::Error;
 };
 
 // A named thing the caller asked for (a submodule, a method) does not exist.
-class NotFoundError : public c10::Error {
+class MM_CORE_API NotFoundError : public c10::Error {
  public:
   using c10::Error::Error;
 };
 
 // A call out of order: in a batch where none may be open, outside one where one must be, or
 // on something another owner holds.
-class StateError : public c10::Error {
+class MM_CORE_API StateError : public c10::Error {
  public:
   using c10::Error::Error;
 };
 
 // A file could not be read or written.
-class IoError : public c10::Error {
+class MM_CORE_API IoError : public c10::Error {
  public:
   using c10::Error::Error;
 };

@@ -4,6 +4,7 @@
 #include <ATen/core/Tensor.h>
 #include <torch/csrc/jit/api/module.h>
 
+#include "export.h"
 #include "mixer.h"
 
 namespace manifold_mixup {
@@ -15,6 +16,6 @@ namespace manifold_mixup {
 // the module forks onto other threads is not covered). A module in eval mode mixes nothing
 // either way. Throws c10::Error when the forward returns anything but one Tensor; TorchScript's
 // own failures propagate as libtorch throws them.
-at::Tensor forward(Mixer* mixer, torch::jit::Module& module, const at::Tensor& x);
+MM_CORE_API at::Tensor forward(Mixer* mixer, torch::jit::Module& module, const at::Tensor& x);
 
 }  // namespace manifold_mixup

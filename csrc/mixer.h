@@ -26,6 +26,7 @@
 #include <utility>
 #include <vector>
 
+#include "export.h"
 #include "schedule.h"
 
 namespace manifold_mixup {
@@ -37,7 +38,7 @@ struct MixerOptions {
   std::optional<Schedule> schedule;  // unset: alpha stays as set (set_alpha)
 };
 
-class Mixer {
+class MM_CORE_API Mixer {
  public:
   static constexpr int64_t kNoPoint = -2;     // nothing mixes this batch
   static constexpr int64_t kInputPoint = -1;  // the input mixes this batch

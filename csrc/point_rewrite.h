@@ -25,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "export.h"
 #include "mixer.h"
 
 namespace manifold_mixup {
@@ -32,7 +33,7 @@ namespace manifold_mixup {
 // The mixup points of one Mixer, inserted into one TorchScript module by rewriting its methods.
 // Undone by remove() or on destruction. At most one PointRewrite at a time may rewrite a given
 // module type.
-class PointRewrite {
+class MM_CORE_API PointRewrite {
  public:
   // Inserts points at the submodules at `names` (dotted paths), or by select_points(root) when
   // `names` is empty (keeping the candidates that are called with a single Tensor result), and

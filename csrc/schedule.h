@@ -5,6 +5,8 @@
 
 #include <cstdint>
 
+#include "export.h"
+
 namespace manifold_mixup {
 
 enum class ScheduleKind : int {
@@ -14,7 +16,7 @@ enum class ScheduleKind : int {
   Polynomial,   // alpha_min + (alpha_max - alpha_min) * p ^ power
 };
 
-struct Schedule {
+struct MM_CORE_API Schedule {
   ScheduleKind kind = ScheduleKind::Linear;
   double alpha_min = 0.0;
   double alpha_max = 0.6;

@@ -28,6 +28,8 @@
 #include <string>
 #include <vector>
 
+#include "export.h"
+
 namespace manifold_mixup {
 
 // What the rules read about one module. A front door lists every module of its tree once,
@@ -51,14 +53,14 @@ struct RuleChoice {
 
 // Runs rules 2 to 6 on the facts of one tree. `root_is_candidate`: whether modules[0] (the
 // root) may be chosen. Throws c10::ValueError when modules[0] is not the root (path "").
-RuleChoice apply_selection_rules(const std::vector<ModuleFacts>& modules, bool root_is_candidate);
+MM_CORE_API RuleChoice apply_selection_rules(const std::vector<ModuleFacts>& modules, bool root_is_candidate);
 
 // The class names of the default non-mixable kinds (torch.nn's): Sequential, dropout, batch
 // norm and recurrent layers. Python's non_mixable_module_types starts as these torch.nn classes.
-const std::vector<std::string>& non_mixable_class_names();
+MM_CORE_API const std::vector<std::string>& non_mixable_class_names();
 
 // Whether a class name is one of non_mixable_class_names().
-bool is_non_mixable_class(const std::string& class_name);
+MM_CORE_API bool is_non_mixable_class(const std::string& class_name);
 
 // Which submodules the selection rules pick when the host names none, and the rule that did.
 struct PointSelection {
@@ -70,6 +72,6 @@ struct PointSelection {
 // TorchScript type name (mangling is in the prefix), non-mixable by is_non_mixable_class, and
 // the root is never a candidate. Throws c10::ValueError telling the user to pass names or wrap
 // modules in ManifoldMixupModule when no rule yields anything.
-PointSelection select_points(const torch::jit::Module& root);
+MM_CORE_API PointSelection select_points(const torch::jit::Module& root);
 
 }  // namespace manifold_mixup

@@ -8,17 +8,20 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "../export.h"
+
 namespace manifold_mixup {
 
 // Mixes `x` along its first dimension. Differentiable with respect to x and lam.
-at::Tensor mix(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& lam);
+MM_CORE_API at::Tensor mix(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& lam);
 
 namespace detail {
 // The op manifold_mixup::_mix_backward, the gradient of mix with respect to x:
 // grad_x[j] = lam[j]*g[j] + sum over k with perm[k] == j of (1 - lam[k]) * g[k]; any index
 // vector. Private to the op's autograd (which differentiates it again for double backward).
-at::Tensor _mix_backward(const at::Tensor& grad, const at::Tensor& perm, const at::Tensor& lam);
+MM_CORE_API at::Tensor _mix_backward(const at::Tensor& grad, const at::Tensor& perm, const at::Tensor& lam);
 
+// What follows is the backends' own, inside the core (not exported by libmanifold_mixup_core).
 // The dispatcher needs defined tensors to pick a backend: checked before dispatching.
 void check_defined(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& lam,
                    const char* x_name);

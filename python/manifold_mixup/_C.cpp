@@ -1,6 +1,8 @@
 // pybind11 module manifold_mixup._C: the Mixer. The forward hooks of mixup points are Python
 // (manifold_mixup/hooks.py), so that torch.compile traces them.
-// Loading it registers the manifold_mixup ops (torch.ops.manifold_mixup.*).
+// It links libmanifold_mixup_core (lib/ beside it), whose loading registers the manifold_mixup
+// ops (torch.ops.manifold_mixup.*): once per process, whichever loads the core first (this
+// module, the C library or a C++ host).
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/utils/pybind.h>
 

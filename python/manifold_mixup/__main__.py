@@ -17,8 +17,8 @@ PACKAGE = Path(__file__).resolve().parent
 # the prefix).
 LOCATIONS = {
     "cmakedir": ("the folder of ManifoldMixupConfig.cmake", PACKAGE / "lib" / "cmake" / "ManifoldMixup"),
-    "includedir": ("the folder of manifold_mixup.h and dlpack/dlpack.h", PACKAGE / "include"),
-    "libdir": ("the folder of libmanifold_mixup.so", PACKAGE / "lib"),
+    "includedir": ("the folder of manifold_mixup.h (C), manifold_mixup/ (C++) and dlpack/", PACKAGE / "include"),
+    "libdir": ("the folder of libmanifold_mixup.so.0 (C) and libmanifold_mixup_core.so (C++)", PACKAGE / "lib"),
     "pkgconfig": ("the folder of manifold_mixup.pc", PACKAGE / "lib" / "pkgconfig"),
 }
 

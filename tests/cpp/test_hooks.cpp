@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "manifold_mixup.h"
+#include "manifold_mixup.hpp"
 
 namespace mm = manifold_mixup;
 

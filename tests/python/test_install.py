@@ -1,7 +1,13 @@
 """A user's install, end to end: a wheel built from this tree's build directory (`make build`'s,
 so nothing compiles twice) installed into a fresh `python3 -m venv --system-site-packages`,
-imported from another folder, and C programs built against the installed C library through
-`python -m manifold_mixup --cmakedir` and through pkg-config; the C-only CMake install too."""
+imported from another folder, C programs built against the installed C library through
+`python -m manifold_mixup --cmakedir` and through pkg-config, a C++ host against the installed
+core library; the C-only CMake install too.
+
+The installed libraries find libtorch beside them in site-packages (a relative RUNPATH). In
+this venv torch lives elsewhere (the system's site-packages, which the venv sees), so its C and
+C++ programs name torch's lib folder in LD_LIBRARY_PATH, as the README tells users to; a copy of
+site-packages that holds torch beside the package needs nothing, wherever it is moved."""
 import json
 import os
 import re
@@ -17,6 +23,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("MM_CMAKE_BUILD_DIR", ROOT / "build")).resolve()
 HOST = ROOT / "tests" / "install"
+TORCH_LIB = Path(torch.__file__).resolve().parent / "lib"
+# What a program needs when torch lives elsewhere than beside the package.
+TORCH_ELSEWHERE = dict(os.environ, LD_LIBRARY_PATH=str(TORCH_LIB))
 VERSION = re.search(r'^__version__ = "(.+)"$', (ROOT / "python" / "manifold_mixup" / "_version.py")
                     .read_text(), re.M)[1]
 TORCH_SERIES = ".".join(torch.__version__.split("+")[0].split(".")[:2])
@@ -76,17 +85,18 @@ def where(venv):
     return {k: v if k in ("version", "metadata") else Path(v) for k, v in found.items()}
 
 
-def check_host(host, cwd):
-    """Runs a built C host on random numbers; its loss must be torch's."""
+def check_host(host, cwd, env=TORCH_ELSEWHERE):
+    """Runs a built C host on random numbers; its loss must be torch's. Returns what it ran."""
     prediction, target = torch.randn(2, 3), torch.randn(2, 3)
     args = [f"{v:.9g}" for v in prediction.flatten().tolist() + target.flatten().tolist()]
-    done = run(host, *args, cwd=cwd)
+    done = run(host, *args, cwd=cwd, env=env)
     lines = dict(line.split(" ", 1) for line in done.stdout.splitlines())
     assert lines["version"] == VERSION
     # The host parsed the same printed numbers back: compare against torch on those.
     values = torch.tensor([float(a) for a in args]).view(2, 2, 3)
     expected = torch.nn.functional.mse_loss(values[0], values[1]).item()
     assert float(lines["mse"]) == pytest.approx(expected, rel=1e-6)
+    return done
 
 
 def test_wheel_metadata_names_its_torch_and_version(wheel):
@@ -110,15 +120,19 @@ def test_torch_pin_admits_the_torch_the_venv_sees(venv):
     assert run(venv, "-c", code).stdout.strip() == f"torch=={TORCH_SERIES}.*"
 
 
-def test_wheel_ships_the_c_package(wheel):
+def test_wheel_ships_the_c_and_cpp_package(wheel):
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
     for path in ("_build_info.py", "include/manifold_mixup.h", "include/dlpack/dlpack.h",
-                 "lib/libmanifold_mixup.so.0", "lib/libmanifold_mixup.so",
+                 "include/manifold_mixup/manifold_mixup.hpp", "include/manifold_mixup/ops/mix.h",
                  "lib/cmake/ManifoldMixup/ManifoldMixupConfig.cmake",
                  "lib/cmake/ManifoldMixup/ManifoldMixupTargets.cmake",
                  "lib/pkgconfig/manifold_mixup.pc"):
         assert f"manifold_mixup/{path}" in names
+    # One file per library (a wheel has no symbolic links: a linker name or a full version
+    # beside the SONAME would be a second and third copy).
+    libraries = {n for n in names if ".so" in n and "/_C" not in n}
+    assert libraries == {"manifold_mixup/lib/libmanifold_mixup.so.0", "manifold_mixup/lib/libmanifold_mixup_core.so"}
     assert not any(n.startswith("manifold_mixup/") and n.endswith(".cpp") for n in names)
 
 
@@ -139,15 +153,17 @@ def test_c_host_through_cmakedir(where, tmp_path):
     cmakedir = where["cmakedir"]
     assert (cmakedir / "ManifoldMixupConfig.cmake").is_file()
     run("cmake", "-S", HOST, "-B", tmp_path, f"-DCMAKE_PREFIX_PATH={cmakedir}")
-    run("cmake", "--build", tmp_path)
+    run("cmake", "--build", tmp_path, env=TORCH_ELSEWHERE)
     check_host(tmp_path / "host", tmp_path)
 
 
-def pkg_config_host(pkgconfig, tmp_path):
-    env = dict(os.environ, PKG_CONFIG_PATH=str(pkgconfig))
+def pkg_config_host(pkgconfig, tmp_path, env=TORCH_ELSEWHERE):
+    """Builds and checks the C host with pkg-config's flags; the version pkg-config says."""
+    env = dict(env, PKG_CONFIG_PATH=str(pkgconfig))
     flags = run("pkg-config", "--cflags", "--libs", "manifold_mixup", env=env).stdout.split()
-    run("cc", "-std=c11", "-Wall", "-Werror", HOST / "host.c", *flags, "-o", tmp_path / "host")
-    check_host(tmp_path / "host", tmp_path)
+    # The linker reads the libraries' own dependencies, libtorch's included, as the loader does.
+    run("cc", "-std=c11", "-Wall", "-Werror", HOST / "host.c", *flags, "-o", tmp_path / "host", env=env)
+    check_host(tmp_path / "host", tmp_path, env)
     return run("pkg-config", "--modversion", "manifold_mixup", env=env).stdout.strip()
 
 
@@ -176,13 +192,65 @@ def runpath(binary):
     return None if found is None else found[1].split(":")
 
 
-def test_runpaths_hold_only_what_is_needed(where):
+def test_runpaths_are_relative(where):
+    """Each library finds what it needs beside it, nothing at a path of the build machine."""
     package = where["package"]
     (module,) = package.glob("_C*.so")
-    # The module is loaded after `import torch`, which has loaded libtorch already.
-    assert runpath(module) is None
-    torch_lib = Path(torch.__file__).parent / "lib"
-    assert runpath(package / "lib" / "libmanifold_mixup.so.0") == [str(torch_lib)]
+    # The module finds the core in lib/; `import torch` has loaded libtorch already.
+    assert runpath(module) == ["$ORIGIN/lib"]
+    assert runpath(package / "lib" / "libmanifold_mixup_core.so") == ["$ORIGIN/../../torch/lib"]
+    assert runpath(package / "lib" / "libmanifold_mixup.so.0") == ["$ORIGIN", "$ORIGIN/../../torch/lib"]
+
+
+def loaded_libraries(done):
+    """The files the loader mapped, from a run under LD_DEBUG=libs."""
+    return [Path(os.path.normpath(p)) for p in re.findall(r"calling init: (\S+)", done.stderr)]
+
+
+def test_c_host_keeps_its_torch_when_site_packages_moves(where, tmp_path):
+    """site-packages with torch beside the package, as a venv that installed both has it: a C
+    program built there runs with no LD_LIBRARY_PATH and loads that torch, no other. Once the
+    folder moves, the program is told where the C library went (its RUNPATH names the old
+    place), and the library finds the torch that moved with it."""
+    site = tmp_path / "site-packages"
+    shutil.copytree(where["package"], site / "manifold_mixup", symlinks=True)
+    (site / "torch" / "lib").mkdir(parents=True)
+    for library in TORCH_LIB.glob("*.so*"):  # torch's libraries, hard links where possible
+        try:
+            os.link(library, site / "torch" / "lib" / library.name)
+        except OSError:
+            shutil.copy2(library, site / "torch" / "lib" / library.name)
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+    build = tmp_path / "build"
+    build.mkdir()
+    pkg_config_host(site / "manifold_mixup" / "lib" / "pkgconfig", build, env)
+    for place in (site, tmp_path / "moved" / "site-packages"):
+        run_env = dict(env, LD_DEBUG="libs")
+        if place != site:
+            place.parent.mkdir()
+            site.rename(place)
+            run_env["LD_LIBRARY_PATH"] = str(place / "manifold_mixup" / "lib")
+        done = check_host(build / "host", tmp_path, run_env)
+        loaded = loaded_libraries(done)
+        torch_libraries = [p for p in loaded if p.name.startswith(("libc10", "libtorch"))]
+        assert torch_libraries and all(p.parent == place / "torch" / "lib" for p in torch_libraries), loaded
+        ours = [p for p in loaded if "manifold_mixup" in p.name]
+        assert sorted(p.name for p in ours) == ["libmanifold_mixup.so.0", "libmanifold_mixup_core.so"]
+        assert all(p.parent == place / "manifold_mixup" / "lib" for p in ours), loaded
+
+
+def test_cpp_host_links_the_installed_core(where, tmp_path):
+    """A C++ host through find_package(ManifoldMixup COMPONENTS core): it trains a torch::nn
+    model with a MixupPoint, on the installed core (headers and library)."""
+    run("cmake", "-S", HOST, "-B", tmp_path, "-DMM_CXX_HOST=ON",
+        f"-DCMAKE_PREFIX_PATH={where['cmakedir']};{torch.utils.cmake_prefix_path}")
+    run("cmake", "--build", tmp_path, env=TORCH_ELSEWHERE)
+    done = run(tmp_path / "host_cpp", env=TORCH_ELSEWHERE)
+    said = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+    assert int(said["mixes"]) == 30  # one point, input mixup off: every batch mixed there
+    first, last = map(float, said["loss"].split())
+    assert last < first
+    assert Path(said["core"]) == where["package"] / "lib" / "libmanifold_mixup_core.so"
 
 
 def test_import_refuses_another_torch(venv, where, tmp_path):
@@ -223,13 +291,14 @@ def test_pip_install_names_the_missing_wheel_support(venv, tmp_path):
 
 
 def test_cmake_install_serves_c_hosts(tmp_path):
-    """The README's C install: `cmake --install` of the build, then pkg-config and CMake."""
+    """The README's C install: `cmake --install` of the build, then pkg-config and CMake. The
+    prefix is not site-packages: its programs name torch's lib folder (LD_LIBRARY_PATH)."""
     prefix = tmp_path / "opt"
     run("cmake", "--install", BUILD, "--prefix", prefix)
     assert (prefix / "include" / "dlpack" / "dlpack.h").is_file()
     assert pkg_config_host(prefix / "lib" / "pkgconfig", tmp_path) == VERSION
     run("cmake", "-S", HOST, "-B", tmp_path / "cmake", f"-DCMAKE_PREFIX_PATH={prefix}")
-    run("cmake", "--build", tmp_path / "cmake")
+    run("cmake", "--build", tmp_path / "cmake", env=TORCH_ELSEWHERE)
     check_host(tmp_path / "cmake" / "host", tmp_path)
 
 

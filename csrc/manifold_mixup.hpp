@@ -1,4 +1,7 @@
-// The C++ API of manifold-mixup, for hosts that train libtorch models without Python.
+// The C++ API of manifold-mixup, for hosts that train libtorch models without Python:
+// libmanifold_mixup_core, which the Python module and the C library (manifold_mixup.h, the C
+// API) link too. Installed as <manifold_mixup/manifold_mixup.hpp>; link the CMake target
+// ManifoldMixup::core (find_package(ManifoldMixup REQUIRED COMPONENTS core)).
 //
 //   Mixer           per-batch state: weights, permutation, chosen point; mixed losses (mixer.h)
 //   Schedule        alpha schedules (schedule.h)
