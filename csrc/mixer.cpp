@@ -99,15 +99,19 @@ double folded_beta(double alpha, at::CPUGeneratorImpl* gen) {
 }  // namespace
 
 // A handful of tensor ops per batch cost more than the draws: everything is drawn in one loop
-// on the CPU generator into one host buffer (perm as int64, then lam as float32), moved to the
-// batch's device by one copy, pinned for CUDA so that the copy does not wait for the host.
-std::pair<at::Tensor, at::Tensor> Mixer::draw_weights_and_perm(int64_t batch_size,
-                                                               at::Device device) {
-  const int64_t b = batch_size, perm_bytes = b * 8;
-  auto host = at::empty({perm_bytes + b * 4},
+// on the CPU generator into one host buffer (perm as int64, the chosen point as int64, then lam
+// as float32), moved to the batch's device by one copy, pinned for CUDA so that the copy does
+// not wait for the host. The order of the draws (weights, permutation, point) is fixed: the
+// same seed gives the same batches.
+void Mixer::draw_batch(int64_t batch_size, at::Device device) {
+  const int64_t b = batch_size, perm_bytes = b * 8, chosen_bytes = 8;
+  auto host = at::empty({perm_bytes + chosen_bytes + b * 4},
                         at::TensorOptions().dtype(at::kByte).pinned_memory(device.is_cuda()));
-  auto* perm = reinterpret_cast<int64_t*>(host.mutable_data_ptr<uint8_t>());
-  auto* lam = reinterpret_cast<float*>(host.mutable_data_ptr<uint8_t>() + perm_bytes);
+  uint8_t* bytes = host.mutable_data_ptr<uint8_t>();
+  auto* perm = reinterpret_cast<int64_t*>(bytes);
+  auto* chosen = reinterpret_cast<int64_t*>(bytes + perm_bytes);
+  auto* lam = reinterpret_cast<float*>(bytes + perm_bytes + chosen_bytes);
+  const int64_t candidates = num_points() + (options_.input_mixup ? 1 : 0);
   {
     const at::Generator g = cpu_generator();
     auto* gen = g.get<at::CPUGeneratorImpl>();
@@ -118,32 +122,25 @@ std::pair<at::Tensor, at::Tensor> Mixer::draw_weights_and_perm(int64_t batch_siz
     for (int64_t i = 0; i + 1 < b; ++i) {
       std::swap(perm[i], perm[i + at::uniform_int_from_to_distribution<int64_t>(b - i, 0)(gen)]);
     }
+    *chosen = kNoPoint;
+    if (alpha_ > 0 && candidates > 0) {
+      const int64_t pick = at::uniform_int_from_to_distribution<int64_t>(candidates, 0)(gen);
+      *chosen = pick < num_points() ? pick : kInputPoint;
+    }
   }
+  chosen_ = *chosen;
   const auto on_device = device.is_cpu() ? host : host.to(device, /*non_blocking=*/true);
-  return {on_device.narrow(0, perm_bytes, b * 4).view(at::kFloat),
-          on_device.narrow(0, 0, perm_bytes).view(at::kLong)};
-}
-
-int64_t Mixer::draw_index(int64_t n) {
-  const at::Generator g = cpu_generator();
-  auto* gen = g.get<at::CPUGeneratorImpl>();
-  std::lock_guard<std::mutex> lock(gen->mutex_);
-  return at::uniform_int_from_to_distribution<int64_t>(n, 0)(gen);
+  perm_ = on_device.narrow(0, 0, perm_bytes).view(at::kLong);
+  chosen_tensor_ = on_device.narrow(0, perm_bytes, chosen_bytes).view(at::kLong).squeeze(0);
+  lam_ = on_device.narrow(0, perm_bytes + chosen_bytes, b * 4).view(at::kFloat);
 }
 
 int64_t Mixer::begin_batch(int64_t batch_size, at::Device device) {
   MM_CHECK_STATE(!in_batch_, "begin_batch: the previous batch has not ended (call end_batch first)");
   MM_CHECK_ARG(batch_size >= 1, "begin_batch: batch_size must be >= 1, got ", batch_size);
-  std::tie(lam_, perm_) = draw_weights_and_perm(batch_size, device);
-
-  const int64_t candidates = num_points() + (options_.input_mixup ? 1 : 0);
-  chosen_ = kNoPoint;
-  if (alpha_ > 0 && candidates > 0) {
-    const int64_t pick = draw_index(candidates);
-    chosen_ = pick < num_points() ? pick : kInputPoint;
-  }
+  draw_batch(batch_size, device);
   std::fill(fired_.begin(), fired_.end(), false);
-  mixed_ = false;
+  input_mixed_ = point_mixed_ = point_counted_ = false;
   batch_size_ = batch_size;
   in_batch_ = true;
   ++batches_;
@@ -172,9 +169,22 @@ at::Tensor Mixer::mix_input(const at::Tensor& x) {
   check_in_batch("mix_input");
   if (chosen_ != kInputPoint) return x;
   auto out = mix(x);
-  ++input_mixes_;
-  mixed_ = true;
+  if (!input_mixed_) ++input_mixes_;
+  input_mixed_ = true;
   return out;
+}
+
+void Mixer::begin_forward() {
+  check_in_batch("begin_forward");
+  std::fill(fired_.begin(), fired_.end(), false);
+  point_mixed_ = false;
+}
+
+void Mixer::count_point_mix(int64_t point) {
+  fired_[point] = true;
+  point_mixed_ = true;
+  if (!point_counted_) ++mixes_[point];
+  point_counted_ = true;
 }
 
 at::Tensor Mixer::point_output(int64_t point, const at::Tensor& out) {
@@ -186,9 +196,7 @@ at::Tensor Mixer::point_output(int64_t point, const at::Tensor& out) {
     return out;
   }
   auto mixed = mix(out);
-  fired_[point] = true;
-  ++mixes_[point];
-  mixed_ = true;
+  count_point_mix(point);
   return mixed;
 }
 
@@ -197,11 +205,10 @@ void Mixer::record_point_mixed(int64_t point, int64_t calls) {
   MM_CHECK_STATE(point == chosen_ && point >= 0, "record_point_mixed: point ", point,
               " is not the batch's chosen point (", chosen_, ")");
   MM_CHECK_ARG(calls >= 1, "record_point_mixed: calls must be >= 1 (the mixed call), got ", calls);
-  MM_CHECK_STATE(!fired_[point], "record_point_mixed: point ", point, " has already mixed in this batch");
-  fired_[point] = true;
-  ++mixes_[point];
+  MM_CHECK_STATE(!fired_[point], "record_point_mixed: point ", point, " has already mixed in this ",
+                 "forward (call begin_forward before the next one)");
+  count_point_mix(point);
   repeated_calls_ += calls - 1;
-  mixed_ = true;
 }
 
 at::Tensor Mixer::mixed_loss(const at::Tensor& loss_own, const at::Tensor& loss_other) const {
@@ -210,7 +217,7 @@ at::Tensor Mixer::mixed_loss(const at::Tensor& loss_own, const at::Tensor& loss_
               "mixed_loss: loss_own must be an unreduced loss of shape [", batch_size_, ", ...]");
   MM_CHECK_ARG(loss_other.defined() && loss_other.sizes() == loss_own.sizes(),
               "mixed_loss: loss_other must have loss_own's shape ", loss_own.sizes());
-  if (!mixed_) return loss_own;
+  if (!mixed()) return loss_own;
   std::vector<int64_t> shape(loss_own.dim(), 1);
   shape[0] = batch_size_;
   const auto lam = lam_.to(loss_own.scalar_type()).view(shape);
@@ -235,7 +242,7 @@ at::Tensor Mixer::mixed_cross_entropy(const at::Tensor& logits, const at::Tensor
   constexpr int64_t kIgnoreIndex = -100;  // torch's default, as in F.cross_entropy
   const auto none = at::Reduction::None;
   const auto own = at::nll_loss(logp, target, {}, none, kIgnoreIndex);
-  if (!mixed_) return own;
+  if (!mixed()) return own;
   const auto other = at::nll_loss(logp, target.index_select(0, perm_), {}, none, kIgnoreIndex);
   return mixed_loss(own, other);
 }
@@ -246,13 +253,13 @@ at::Tensor Mixer::mix_targets(const at::Tensor& y) const {
   MM_CHECK_ARG(at::isFloatingType(y.scalar_type()), "mix_targets: the targets must be a floating ",
               "tensor (regression), got ", y.scalar_type(), "; integer targets are class indices: ",
               "mix the loss instead (mixed_cross_entropy or mixed_loss)");
-  return mixed_ ? manifold_mixup::mix(y, perm_, lam_) : y;
+  return mixed() ? manifold_mixup::mix(y, perm_, lam_) : y;
 }
 
 void Mixer::end_batch() {
-  if (in_batch_ && chosen_ != kNoPoint && !mixed_) ++unmixed_batches_;
+  if (in_batch_ && chosen_ != kNoPoint && !mixed()) ++unmixed_batches_;
   in_batch_ = false;
-  mixed_ = false;
+  input_mixed_ = point_mixed_ = point_counted_ = false;
   chosen_ = kNoPoint;
 }
 

@@ -51,13 +51,17 @@ an int seed gives the Mixer its own generator (e.g. seed + rank under Distribute
       .def_property_readonly("batch_size", &Mixer::batch_size)
       .def_property_readonly("lam", &Mixer::lam)
       .def_property_readonly("perm", &Mixer::perm)
+      .def_property_readonly("chosen_tensor", &Mixer::chosen_tensor,
+                             "chosen as a 0-d int64 tensor on the batch's device.")
       .def_property_readonly("mixed", &Mixer::mixed,
                              "Whether this batch mixed (the input, or the chosen point's output).")
       .def("mix", &Mixer::mix, py::arg("t"), release())
       .def("mix_input", &Mixer::mix_input, py::arg("x"), release())
+      .def("begin_forward", &Mixer::begin_forward,
+           "A further forward pass of the model starts in this batch (the first needs no call).")
       .def("point_output", &Mixer::point_output, py::arg("point"), py::arg("out"), release())
       .def("record_point_mixed", &Mixer::record_point_mixed, py::arg("point"), py::arg("calls"),
-           "Records that the chosen point ran `calls` times and a hook mixed its first output.")
+           "Records that the chosen point ran `calls` times in this forward and its first output was mixed.")
       .def("mixed_loss", &Mixer::mixed_loss, py::arg("loss_own"), py::arg("loss_other"), release())
       .def("mixed_cross_entropy", &Mixer::mixed_cross_entropy, py::arg("logits"), py::arg("target"),
            release())
