@@ -3,11 +3,8 @@ here on CPU, every relative link and anchor resolves, and the files, `make` targ
 the pages mention exist.
 
 A block runs in the namespace its marker names, an HTML comment on the line just above it that
-a reader of the rendered page does not see:
-  (none)                          an empty namespace: the block is complete as written;
-  <!-- docs-test: digits -->      `model`, `dls`/`data`, `loader`, `opt`: a fresh residual CNN on
-                                  scikit-learn's digits, as the examples use (see digits_namespace);
-  <!-- docs-test: skip (why) -->  not run here; the reason is required and shown as the skip reason.
+a reader of the rendered page does not see: none (the block is complete), `digits`
+(digits_namespace) or `skip (reason)`. docs/README.md tells writers the same.
 """
 import re
 import sys
