@@ -6,6 +6,7 @@ A block runs in the namespace its marker names, an HTML comment on the line just
 a reader of the rendered page does not see: none (the block is complete), `digits`
 (digits_namespace) or `skip (reason)`. docs/README.md tells writers the same.
 """
+import os
 import re
 import sys
 from pathlib import Path
@@ -157,6 +158,27 @@ def test_named_files_and_make_targets_exist(page):
     targets = make_targets()
     missing += [f"make {t}" for t in re.findall(r"(?:`|^)make ([a-z][\w-]*)", text, re.M) if t not in targets]
     assert not missing, f"{page.relative_to(ROOT)} names what does not exist: {missing}"
+
+
+# A file named alone (`export_model.py`) must be somewhere in the source tree; these names are
+# examples in the text, not files of ours.
+NOT_FILES = {"blocks.py"}  # reference-differences.md: "a file such as `blocks.py`"
+
+
+def source_file_names():
+    names = set()
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if not d.startswith((".", "build", "demo_out", "__pycache__"))]
+        names.update(files)
+    return names
+
+
+def test_files_named_alone_exist():
+    names = source_file_names()
+    missing = {f"{p.relative_to(ROOT)}: {n}" for p in PAGES
+               for n in re.findall(r"`([\w.-]+\.(?:py|c|h|cpp|cu|sh|txt|cmake|md))`", p.read_text())
+               if n not in names and n not in NOT_FILES}
+    assert not missing, f"files named in the docs that are not in the tree: {sorted(missing)}"
 
 
 def test_c_names_exist():
