@@ -17,7 +17,7 @@ from fastai.losses import (BCEWithLogitsLossFlat, CrossEntropyLossFlat, L1LossFl
                            LabelSmoothingCrossEntropy, LabelSmoothingCrossEntropyFlat, MSELossFlat)
 from torch.utils.data import TensorDataset
 
-from manifold_mixup import ManifoldMixup, OutputMixup, _C
+from manifold_mixup import ManifoldMixup, OutputMixer, OutputMixup, _C
 from manifold_mixup.losses import mixed_loss
 
 B, C, H, W = 6, 4, 3, 5
@@ -139,6 +139,9 @@ def _bce_cases():
                         weight=(WEIGHT, None), reduction=red, pred=torch.sigmoid))
         out.append(Case(f"BCEWithLogitsLossFlat[{red}]", BCEWithLogitsLossFlat(reduction=red), "bce",
                         weight=(None, None), reduction=red, flat=True))
+        out.append(Case(f"partial(F.binary_cross_entropy_with_logits)[pos_weight,{red}]",
+                        functools.partial(F.binary_cross_entropy_with_logits, pos_weight=pos,
+                                          reduction=red), "bce", weight=(None, pos), reduction=red))
     return out
 
 
@@ -292,6 +295,11 @@ def test_a_known_regression_loss_mixes_the_targets_whatever_their_dtype(loss_fn,
     lam = m.lam.double().view(-1, 1)
     y_mixed = lam * y.double() + (1 - lam) * y[m.perm].double()  # floats of the prediction's dtype
     close(mixed_loss(m, loss_fn, pred, (y,)), loss_fn(pred, y_mixed))
+
+
+def test_output_mixer_refuses_a_known_regression_loss_whatever_the_targets_dtype():
+    with pytest.raises(ValueError, match="OutputMixup needs a classification loss"):
+        OutputMixer(alpha=1.0).loss(nn.L1Loss(), torch.randn(B, 3), torch.randint(0, 5, (B, 3)))
 
 
 # -- a fastai Learner ----------------------------------------------------------------------------
