@@ -168,7 +168,8 @@ def _fastai_rows(axis, pred, target):
 def _mixed_class_loss(mixer, spec, pred, target):
     "The mixed loss of a known classification loss, or None where its inputs are not for it."
     if spec.reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {spec.reduction!r}")
+        raise ValueError(f"the loss's reduction must be one of {_REDUCTIONS}, got "
+                         f"{spec.reduction!r}")
     if not isinstance(target, torch.Tensor) or not isinstance(pred, torch.Tensor):
         return None
     x, y = pred, target
@@ -181,8 +182,7 @@ def _mixed_class_loss(mixer, spec, pred, target):
         y = y.long()  # as fastai's LabelSmoothingCrossEntropy does
     if y.dtype != torch.int64 or x.dim() < 2 or y.shape != x.shape[:1] + x.shape[2:]:
         return None  # probability targets, unbatched inputs, wrong shapes: not for these formulas
-    weight = spec.weight
-    args = dict(weight=weight, ignore_index=spec.ignore_index, reduction=spec.reduction)
+    args = dict(weight=spec.weight, ignore_index=spec.ignore_index, reduction=spec.reduction)
     if spec.kind == "cross_entropy":
         loss = mixer.mixed_cross_entropy(x, y, label_smoothing=spec.smoothing, **args)
     elif spec.kind == "nll_loss":
