@@ -280,13 +280,15 @@ def test_reduced_precision_logits_are_mixed_in_float32_as_autocast_does(dtype):
         close(mixed_loss(ones, case.loss_fn, x, (y,)), case.loss_fn(x, y).float())
 
 
-REGRESSION = [nn.L1Loss(), nn.MSELoss(reduction="sum"), nn.SmoothL1Loss(beta=0.5), nn.HuberLoss(delta=0.7),
-              F.mse_loss, functools.partial(F.l1_loss, reduction="sum"),
-              functools.partial(F.huber_loss, delta=2.0), MSELossFlat(), L1LossFlat()]
+REGRESSION = {"L1Loss": nn.L1Loss(), "MSELoss(sum)": nn.MSELoss(reduction="sum"),
+              "SmoothL1Loss": nn.SmoothL1Loss(beta=0.5), "HuberLoss": nn.HuberLoss(delta=0.7),
+              "F.mse_loss": F.mse_loss, "partial(F.l1_loss,sum)": functools.partial(F.l1_loss, reduction="sum"),
+              "partial(F.huber_loss)": functools.partial(F.huber_loss, delta=2.0),
+              "MSELossFlat": MSELossFlat(), "L1LossFlat": L1LossFlat()}
 
 
-@pytest.mark.parametrize("loss_fn", REGRESSION, ids=repr)
-@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.float32])
+@pytest.mark.parametrize("loss_fn", REGRESSION.values(), ids=REGRESSION.keys())
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.float32], ids=str)
 def test_a_known_regression_loss_mixes_the_targets_whatever_their_dtype(loss_fn, dtype):
     g = torch.Generator().manual_seed(8)
     pred = torch.randn(B, 3, generator=g, dtype=torch.float64)
