@@ -114,7 +114,7 @@ def _fastai_cases():
         out.append(Case(f"CrossEntropyLossFlat(axis=1)[segmentation,smoothing,{red}]",
                         CrossEntropyLossFlat(axis=1, label_smoothing=0.2, reduction=red), "ce",
                         layout="seg", eps=0.2, reduction=red, flat=True))
-        for name, kw in [("", {}), ("weight", dict(weight=WEIGHT))]:
+        for name, kw in [("plain", {}), ("weight", dict(weight=WEIGHT))]:
             out.append(Case(f"LabelSmoothingCrossEntropy[{name},{red}]",
                             LabelSmoothingCrossEntropy(eps=0.2, reduction=red, **kw), "fastai_ls",
                             weight=kw.get("weight"), eps=0.2, reduction=red))
