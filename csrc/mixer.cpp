@@ -4,10 +4,11 @@
 #include <ATen/TensorOperators.h>
 #include <ATen/core/DistributionsHelper.h>
 #include <ATen/native/Distributions.h>
+#include <ATen/ops/cross_entropy_loss.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/index_select.h>
 #include <ATen/ops/log_softmax.h>
-#include <ATen/ops/nll_loss.h>
+#include <ATen/ops/nll_loss_nd.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>
@@ -224,27 +225,110 @@ at::Tensor Mixer::mixed_loss(const at::Tensor& loss_own, const at::Tensor& loss_
   return lam * loss_own + (1 - lam) * loss_other;
 }
 
-at::Tensor Mixer::mixed_cross_entropy(const at::Tensor& logits, const at::Tensor& target) const {
-  check_in_batch("mixed_cross_entropy");
-  MM_CHECK_ARG(logits.defined() && logits.dim() == 2 && logits.size(0) == batch_size_,
-              "mixed_cross_entropy: logits must have shape [", batch_size_, ", C], got ",
-              logits.defined() ? c10::str(logits.sizes()) : std::string("undefined"));
-  MM_CHECK_ARG(at::isFloatingType(logits.scalar_type()),
-              "mixed_cross_entropy: logits must be floating, got ", logits.scalar_type());
-  MM_CHECK_ARG(target.defined() && target.scalar_type() == at::kLong && target.dim() == 1 &&
-                  target.size(0) == batch_size_,
-              "mixed_cross_entropy: target must be int64 class indices of shape [", batch_size_, "]");
-  MM_CHECK_ARG(target.device() == logits.device(), "mixed_cross_entropy: target must be on the ",
-              "logits' device (", logits.device(), "), got ", target.device());
-  // One log-softmax shared by both targets: its backward runs once, on the summed gradient.
-  const bool reduced = logits.scalar_type() == at::kHalf || logits.scalar_type() == at::kBFloat16;
-  const auto logp = at::log_softmax(reduced ? logits.to(at::kFloat) : logits, 1);
-  constexpr int64_t kIgnoreIndex = -100;  // torch's default, as in F.cross_entropy
+void Mixer::check_class_loss(const at::Tensor& input, const at::Tensor& target,
+                             const ClassLossOptions& options, const char* what) const {
+  check_in_batch(what);
+  MM_CHECK_ARG(input.defined() && input.dim() >= 2 && input.size(0) == batch_size_, what,
+               ": the input must have shape [", batch_size_, ", C, ...] (the batch's samples, then ",
+               "the classes), got ", input.defined() ? c10::str(input.sizes()) : std::string("undefined"));
+  MM_CHECK_ARG(at::isFloatingType(input.scalar_type()), what, ": the input must be floating, got ",
+               input.scalar_type());
+  auto target_shape = input.sizes().vec();
+  target_shape.erase(target_shape.begin() + 1);
+  MM_CHECK_ARG(target.defined() && target.scalar_type() == at::kLong &&
+                   target.sizes() == c10::IntArrayRef(target_shape),
+               what, ": target must be int64 class indices of shape ", c10::IntArrayRef(target_shape),
+               " (the input's shape without its class dim 1), got ",
+               target.defined() ? c10::str(target.scalar_type(), " of shape ", target.sizes())
+                                : std::string("undefined"));
+  MM_CHECK_ARG(target.device() == input.device(), what, ": target must be on the input's device (",
+               input.device(), "), got ", target.device());
+  const auto& w = options.weight;
+  MM_CHECK_ARG(!w.defined() || (w.dim() == 1 && w.size(0) == input.size(1) &&
+                                at::isFloatingType(w.scalar_type()) && w.device() == input.device()),
+               what, ": weight must be a floating tensor of the ", input.size(1), " classes on ",
+               input.device(), ", got ",
+               w.defined() ? c10::str(w.scalar_type(), " of shape ", w.sizes(), " on ", w.device())
+                           : std::string());
+  MM_CHECK_ARG(options.label_smoothing >= 0 && options.label_smoothing <= 1, what,
+               ": label_smoothing must be in [0, 1], got ", options.label_smoothing);
+  MM_CHECK_ARG(options.reduction == at::Reduction::None || options.reduction == at::Reduction::Mean ||
+                   options.reduction == at::Reduction::Sum,
+               what, ": reduction must be None, Mean or Sum, got ", int64_t(options.reduction));
+}
+
+namespace {
+// Float32 for float16/bfloat16, as autocast computes torch's losses; other dtypes unchanged.
+at::Tensor loss_precision(const at::Tensor& t) {
+  const bool reduced = t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
+  return reduced ? t.to(at::kFloat) : t;
+}
+
+// The class weight of each target (1 without weights), 0 where it is ignored.
+at::Tensor target_weights(const at::Tensor& target, const at::Tensor& weight, int64_t ignore_index,
+                          at::ScalarType dtype) {
+  if (!weight.defined()) return (target != ignore_index).to(dtype);
+  const auto ignored = target == ignore_index;
+  return weight.index_select(0, target.masked_fill(ignored, 0).flatten())
+      .view(target.sizes())
+      .masked_fill(ignored, 0);
+}
+}  // namespace
+
+at::Tensor Mixer::mix_class_loss(const at::Tensor& log_probs, const at::Tensor& target,
+                                 const ClassLossOptions& options) const {
+  const auto dtype = log_probs.scalar_type();
+  const auto weight = options.weight.defined() ? options.weight.to(dtype) : at::Tensor();
+  const int64_t ignore = options.ignore_index;
+  const auto other_target = target.index_select(0, perm_);
+  std::vector<int64_t> shape(target.dim(), 1);
+  shape[0] = batch_size_;
+  const auto lam = lam_.to(dtype).view(shape);  // over the elements of each sample
   const auto none = at::Reduction::None;
-  const auto own = at::nll_loss(logp, target, {}, none, kIgnoreIndex);
-  if (!mixed()) return own;
-  const auto other = at::nll_loss(logp, target.index_select(0, perm_), {}, none, kIgnoreIndex);
-  return mixed_loss(own, other);
+  auto loss = lam * at::nll_loss_nd(log_probs, target, weight, none, ignore) +
+              (1 - lam) * at::nll_loss_nd(log_probs, other_target, weight, none, ignore);
+  if (options.label_smoothing > 0) {
+    // torch's smoothing term, -sum_c w[c] log p_c, counts where the target is kept: lam of it
+    // for the own target, 1 - lam for the other one.
+    std::vector<int64_t> class_shape(log_probs.dim(), 1);
+    class_shape[1] = log_probs.size(1);
+    const auto smooth = weight.defined() ? -(log_probs * weight.view(class_shape)).sum(1)
+                                         : -log_probs.sum(1);
+    const auto kept = lam * (target != ignore) + (1 - lam) * (other_target != ignore);
+    const double eps = options.label_smoothing;
+    loss = (1 - eps) * loss + (eps / double(log_probs.size(1))) * smooth * kept;
+  }
+  if (options.reduction == at::Reduction::None) return loss;
+  if (options.reduction == at::Reduction::Sum) return loss.sum();
+  const auto kept_weight = lam * target_weights(target, weight, ignore, dtype) +
+                           (1 - lam) * target_weights(other_target, weight, ignore, dtype);
+  return loss.sum() / kept_weight.sum();
+}
+
+at::Tensor Mixer::mixed_cross_entropy(const at::Tensor& logits, const at::Tensor& target,
+                                      const ClassLossOptions& options) const {
+  check_class_loss(logits, target, options, "mixed_cross_entropy");
+  const auto input = loss_precision(logits);
+  const auto weight = options.weight.defined() ? options.weight.to(input.scalar_type()) : at::Tensor();
+  if (!mixed()) {
+    return at::cross_entropy_loss(input, target, weight, options.reduction, options.ignore_index,
+                                  options.label_smoothing);
+  }
+  // One log-softmax shared by both targets: its backward runs once, on the summed gradient.
+  return mix_class_loss(at::log_softmax(input, 1), target, options);
+}
+
+at::Tensor Mixer::mixed_nll_loss(const at::Tensor& log_probs, const at::Tensor& target,
+                                 const ClassLossOptions& options) const {
+  check_class_loss(log_probs, target, options, "mixed_nll_loss");
+  MM_CHECK_ARG(options.label_smoothing == 0, "mixed_nll_loss: label_smoothing must be 0 (it is ",
+               "cross-entropy's), got ", options.label_smoothing);
+  const auto input = loss_precision(log_probs);
+  if (!mixed()) {
+    const auto weight = options.weight.defined() ? options.weight.to(input.scalar_type()) : at::Tensor();
+    return at::nll_loss_nd(input, target, weight, options.reduction, options.ignore_index);
+  }
+  return mix_class_loss(input, target, options);
 }
 
 at::Tensor Mixer::mix_targets(const at::Tensor& y) const {

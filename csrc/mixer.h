@@ -22,6 +22,7 @@
 #pragma once
 
 #include <ATen/core/Generator.h>
+#include <ATen/core/Reduction.h>
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
@@ -39,6 +40,21 @@ struct MixerOptions {
   bool input_mixup = true;     // the input is one of the candidate points
   std::optional<uint64_t> seed;  // unset: torch's default generators (torch.manual_seed)
   std::optional<Schedule> schedule;  // unset: alpha stays as set (set_alpha)
+};
+
+// How a mixed classification loss weighs, ignores and reduces, as torch's cross_entropy and
+// nll_loss take it. With l(t) the loss of one element against class t as torch computes it
+// (class weight and label smoothing applied, 0 when t is ignored) and w(t) the class weight of t
+// (1 without weights, 0 when t is ignored), element e of sample i has the mixed loss
+//   lam[i] * l(y[i, e]) + (1 - lam[i]) * l(y[perm[i], e])
+// and Mean divides their sum by the sum of lam[i] * w(y[i, e]) + (1 - lam[i]) * w(y[perm[i], e]):
+// torch's normaliser (the kept targets' weights) mixed like the targets, so that the result is
+// the user's own loss when every lam is 1.
+struct ClassLossOptions {
+  at::Tensor weight;              // [C] class weights; undefined: every class weighs 1
+  int64_t ignore_index = -100;    // targets equal to it count for nothing (torch's default)
+  double label_smoothing = 0.0;   // in [0, 1], as torch's cross_entropy; cross-entropy only
+  at::Reduction::Reduction reduction = at::Reduction::None;  // None: per element, [B, d...]
 };
 
 class Mixer {
@@ -106,11 +122,16 @@ class Mixer {
   // Per-sample lam * loss_own + (1 - lam) * loss_other, both unreduced, of shape [B, ...]
   // (lam broadcast over the other dimensions, e.g. per-pixel losses).
   at::Tensor mixed_loss(const at::Tensor& loss_own, const at::Tensor& loss_other) const;
-  // Per-sample mixed cross-entropy of logits [B, C] against int64 class targets [B]:
-  // lam * CE(logits, y) + (1 - lam) * CE(logits, y[perm]) from one log-softmax (computed in
-  // float32 for float16/bfloat16 logits, as autocast does for cross-entropy); targets equal to
-  // -100 are ignored (loss 0), as in torch's cross_entropy. Returns [B].
-  at::Tensor mixed_cross_entropy(const at::Tensor& logits, const at::Tensor& target) const;
+  // Mixed cross-entropy of logits [B, C, d...] (classes on dim 1, as torch's cross_entropy)
+  // against int64 class targets [B, d...], per ClassLossOptions, from one log-softmax shared by
+  // both targets (computed in float32 for float16/bfloat16 logits, as autocast does for
+  // cross-entropy). Returns [B, d...] for reduction None (the default: per sample for [B, C]
+  // logits), else a scalar. A batch that did not mix gets torch's cross_entropy.
+  at::Tensor mixed_cross_entropy(const at::Tensor& logits, const at::Tensor& target,
+                                 const ClassLossOptions& options = {}) const;
+  // The same for log-probabilities [B, C, d...], as torch's nll_loss (label_smoothing must be 0).
+  at::Tensor mixed_nll_loss(const at::Tensor& log_probs, const at::Tensor& target,
+                            const ClassLossOptions& options = {}) const;
   // Regression targets mixed like any tensor (unchanged when the batch did not mix).
   at::Tensor mix_targets(const at::Tensor& y) const;
   // Ends the batch; counts it in unmixed_batches() if a point was chosen but its latest forward
@@ -130,6 +151,11 @@ class Mixer {
  private:
   void check_in_batch(const char* what) const;
   void check_batch_tensor(const at::Tensor& t, const char* what) const;
+  void check_class_loss(const at::Tensor& input, const at::Tensor& target,
+                        const ClassLossOptions& options, const char* what) const;
+  // The mixed loss of log-probabilities in a batch that mixed (see ClassLossOptions).
+  at::Tensor mix_class_loss(const at::Tensor& log_probs, const at::Tensor& target,
+                            const ClassLossOptions& options) const;
   at::Generator cpu_generator() const;
   // Draws, from cpu_generator(), lam ~ Beta(alpha, alpha) folded (all 1 for alpha 0), a random
   // permutation ([B] each) and the chosen point, and puts them on `device`.
