@@ -12,7 +12,9 @@ and the operator's schema says which arguments it writes. Sources are kept per s
 view shares its base's sources and a write through any view reaches every alias. The mode only
 calls each operator as given and reads its arguments: results are unchanged.
 """
+import contextlib
 import dataclasses
+import sys
 from collections.abc import Mapping
 
 import torch
@@ -96,6 +98,8 @@ class InputProvenance:
         for i, t in enumerate(self.inputs):
             self._add(t, frozenset((i,)))
         self._handles = [m.register_forward_hook(self._record) for m in self.modules]
+        self._eager = _eager_while_observing()
+        self._eager.__enter__()
         self._mode = _Mode(self)
         self._mode.__enter__()
         return self
@@ -106,6 +110,7 @@ class InputProvenance:
         try:
             mode.__exit__(*exc)
         finally:
+            self._eager.__exit__(*exc)
             for h in handles:
                 h.remove()
         return False
@@ -147,6 +152,16 @@ class _Mode(TorchDispatchMode):
         out = func(*args, **kwargs)
         self.provenance._after(func, args, kwargs, out)
         return out
+
+
+def _eager_while_observing():
+    """A compiled model runs eagerly while observed, so the mode sees its operators and the hooks
+    run. Without it, Dynamo meets a frame under a dispatch mode, runs it uncompiled and marks its
+    code never to compile again. Only where Dynamo is already loaded (torch.compile loads it):
+    importing it costs seconds to a program that never compiles."""
+    if "torch._dynamo" not in sys.modules:
+        return contextlib.nullcontext()
+    return torch.compiler.set_stance("force_eager")
 
 
 def _key(t):

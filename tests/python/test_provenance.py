@@ -151,6 +151,25 @@ def test_results_unchanged_and_nothing_left_behind():
     assert no_provenance_state_left(model)
 
 
+def test_a_compiled_model_is_observed_eagerly_and_still_compiles_afterwards():
+    from torch._dynamo.eval_frame import _stance
+    from torch._dynamo.utils import counters
+
+    class Compiled(TwoTower):  # a code object of its own: no other test compiled it
+        def forward(self, image, meta):
+            return super().forward(image, meta)
+
+    model, inputs = Compiled().train(), two_tower_batch()
+    compiled = torch.compile(model, backend="eager")
+    counters.clear()
+    with InputProvenance(inputs, list(model.modules())) as prov:
+        out = compiled(*inputs)
+    assert prov.of(out) == {0, 1} and len(prov._seen) == len(list(model.modules()))  # every hook ran
+    assert not counters["frames"] and _stance.stance == "default"
+    compiled(*inputs)  # Dynamo would have marked the code never to compile, seen under a mode
+    assert counters["frames"]["ok"] >= 1
+
+
 def test_fastai_tabular_model_embeddings_see_the_categories_linears_see_both():
     from fastai.tabular.model import TabularModel
     model = TabularModel(emb_szs=[(5, 3), (5, 3)], n_cont=3, out_sz=2, layers=[16, 8]).train()
