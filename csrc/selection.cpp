@@ -74,7 +74,7 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 std::pair<std::string, std::string> last_two(const std::string& path) {
   const size_t dot = path.rfind('.');
   if (dot == std::string::npos) return {"", path};
-  const size_t before = path.rfind('.', dot - 1);
+  const size_t before = dot == 0 ? std::string::npos : path.rfind('.', dot - 1);
   const size_t start = before == std::string::npos ? 0 : before + 1;
   return {path.substr(start, dot - start), path.substr(dot + 1)};
 }
@@ -88,10 +88,12 @@ bool is_transformer_layer(const std::vector<ModuleFacts>& modules, size_t i) {
   if (is_any(m, kTorchTransformerLayers)) return true;
   if (m.class_names.empty() || !ends_with(m.class_names[0], "Layer")) return false;
   const auto [list, item] = last_two(m.path);
-  const bool in_list = !item.empty() && std::all_of(item.begin(), item.end(), [](unsigned char ch) { return std::isdigit(ch); }) &&
-                       std::any_of(std::begin(kLayerLists), std::end(kLayerLists),
+  const bool is_index = !item.empty() && std::all_of(item.begin(), item.end(), [](unsigned char ch) {
+    return std::isdigit(ch);
+  });
+  const bool in_list = std::any_of(std::begin(kLayerLists), std::end(kLayerLists),
                                    [&](const char* n) { return list == n; });
-  if (!in_list) return false;
+  if (!is_index || !in_list) return false;
   for (size_t j = i + 1; j < modules.size(); ++j)  // made of modules of its own
     if (modules[j].path != m.path && inside(modules[j].path, m.path)) return true;
   return false;
