@@ -181,12 +181,14 @@ class ManifoldMixer:
         self._end(completed=True)
 
     def loss(self, loss_fn, pred, *targets):
-        """The loss of the batch's latest forward: ``lam * loss_fn(pred, y) + (1 - lam) *
-        loss_fn(pred, y[perm])`` per sample, reduced as loss_fn reduces (classification:
-        integer targets, or a cross-entropy/BCE loss), or ``loss_fn(pred, mix_targets(y))``
-        (regression); the plain ``loss_fn(pred, *targets)`` when that forward did not mix (eval
-        mode, alpha 0, or the drawn module did not run). loss_fn must accept
-        ``reduction='none'`` (as torch's losses do) or have a `reduction` attribute."""
+        """The loss of the batch's latest forward: for classification (integer targets, a
+        loss with y_int, or a cross-entropy/BCE loss) ``lam * l(pred, y) + (1 - lam) *
+        l(pred, y[perm])`` per element, reduced as loss_fn reduces (class weights,
+        ignore_index and label smoothing counted as torch counts them; see
+        manifold_mixup.losses); for a regression loss ``loss_fn(pred, mix_targets(y))``; the
+        plain ``loss_fn(pred, *targets)`` when that forward did not mix (eval mode, alpha 0, or
+        the drawn module did not run). An unknown loss must accept ``reduction='none'`` or have
+        a `reduction` attribute, as torch's losses do."""
         if not self._in_batch("loss"):
             return loss_fn(pred, *targets)
         self._sync()

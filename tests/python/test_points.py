@@ -360,12 +360,14 @@ def test_a_model_compiled_after_another_of_its_class_trained_still_mixes():
     import torch._dynamo as dynamo
     dynamo.reset()
     torch.manual_seed(0)
-    first = ResNet(n=4)
-    train_steps(torch.compile(first, backend="aot_eager"), first, _NoMixer(), 3)  # a baseline run
-    second = ResNet(n=4)
-    compiled = torch.compile(second, backend="aot_eager")
-    mm = ManifoldMixer(compiled, alpha=1.0, seed=1, verbose=False)
-    train_steps(compiled, second, mm, 12)
+    # torch's own default, whatever an earlier test or library set: hooks are not guarded.
+    with dynamo.config.patch(skip_nnmodule_hook_guards=True):
+        first = ResNet(n=12)
+        train_steps(torch.compile(first, backend="aot_eager"), first, _NoMixer(), 3)  # a baseline run
+        second = ResNet(n=12)
+        compiled = torch.compile(second, backend="aot_eager")
+        mm = ManifoldMixer(compiled, alpha=1.0, seed=1, verbose=False)
+        train_steps(compiled, second, mm, 12)
     assert mm.mixer.unmixed_batches == 0
     assert sum(mm.mixer.point_mixes) + mm.mixer.input_mixes == 12 and sum(mm.mixer.point_mixes) > 0
 
