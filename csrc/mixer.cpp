@@ -119,6 +119,14 @@ std::pair<at::Tensor, at::Tensor> Mixer::draw_weights_and_perm(int64_t batch_siz
       std::swap(perm[i], perm[i + at::uniform_int_from_to_distribution<int64_t>(b - i, 0)(gen)]);
     }
   }
+  // Streams: the copy is enqueued on the stream current here (begin_batch's), so lam and perm
+  // are ready in that stream's order, and only there. Every later use on that stream (the
+  // points' mix, the mixed loss, their backward) is ordered after it with no host sync. A
+  // forward on another stream must first wait for this one (other.wait_stream(this), as for
+  // any tensor torch makes on a stream), and if this batch may end while that stream still
+  // reads them, record_stream them for it, as torch asks of every tensor used across streams.
+  // The pinned buffer needs nothing: copy_ records an event for it on this stream, and the
+  // host allocator reuses it only once the copy is done.
   const auto on_device = device.is_cpu() ? host : host.to(device, /*non_blocking=*/true);
   return {on_device.narrow(0, perm_bytes, b * 4).view(at::kFloat),
           on_device.narrow(0, 0, perm_bytes).view(at::kLong)};
