@@ -40,8 +40,8 @@
 #include "errors.h"
 #include "ops/mix.h"
 
-// CUDA_KERNEL_ASSERT_MSG is younger than CUDA_KERNEL_ASSERT (torch 2.5); without it the assert
-// names the condition instead of the message.
+// CUDA_KERNEL_ASSERT_MSG came to torch in September 2024 (pytorch/pytorch#134813); without it
+// the assert names the condition instead of the message.
 #ifdef CUDA_KERNEL_ASSERT_MSG
 #define MM_KERNEL_ASSERT(cond, msg) CUDA_KERNEL_ASSERT_MSG(cond, msg)
 #else
