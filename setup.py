@@ -8,8 +8,8 @@ manifold_mixup --cmakedir` prints where). Its requirement on torch is the releas
 compiled against (`torch==2.13.*`): libtorch's C++ ABI changes between series. The metadata is in
 pyproject.toml; making the sdist needs no torch.
 
-Environment: MM_CMAKE_BUILD_DIR (default build/pip/<torch version>-<hash of torch's folder and the
-Python>, so each torch keeps its own build; a folder configured for another torch, or whose
+Environment: MM_CMAKE_BUILD_DIR (default build/pip/<torch version>-<hash of torch's folder>, so
+each torch keeps its own build; a folder configured for another torch, or whose
 configure failed, is configured afresh, keeping its own settings), MM_BUILD_TESTS, MM_BUILD_TYPE,
 MM_CCACHE and MM_CUDA_KERNEL (auto, fused or aten; passed on to CMake when set), MAX_JOBS
 (parallel compile jobs, default: the CPU count). Ninja builds when it is found (Debian's
@@ -125,12 +125,9 @@ def ninja():
     return found
 
 
-def configured(build_dir, cache):
-    """A build folder whose configure finished (it wrote its build files) for this torch. A
-    failed configure leaves a cache with no build files, and a cache that keeps what it found
-    (no nvcc, an old Torch_DIR): the next try starts afresh."""
-    generated = (build_dir / "build.ninja").exists() or (build_dir / "Makefile").exists()
-    return bool(cache) and generated and cache.get("MM_TORCH_KEY") == torch_info().key()
+def generated(build_dir):
+    """Whether a configure finished there: a failed one leaves a cache but no build files."""
+    return (build_dir / "build.ninja").exists() or (build_dir / "Makefile").exists()
 
 
 class CMakeExtension(Extension):
@@ -153,15 +150,19 @@ class CMakeBuild(build_ext):
                 settings[var] = os.environ[env]
         cache = cmake_cache(build_dir)
         args = [f"-D{var}={value}" for var, value in settings.items()]
-        fresh = not configured(build_dir, cache)
+        # A cache also keeps what its configure found (nvcc or none, Torch_DIR), which a plain
+        # reconfigure would reuse: a folder whose configure failed, or that was configured for
+        # another torch, starts afresh.
+        fresh = not (cache and generated(build_dir) and cache.get("MM_TORCH_KEY") == torch_info().key())
         if fresh:
             # A new folder: an editable install keeps the module in the source tree, a wheel's
             # build keeps it in the build folder. A folder configured before (`make build`'s, or
             # one for another torch) keeps its own settings, so make and pip never reconfigure
-            # each other's; only what it found (torch, nvcc) is looked for again.
-            kept = {var: cache[var] for var in ("MM_PYTHON_OUTPUT_DIR", "CMAKE_BUILD_TYPE", "MM_BUILD_TESTS",
-                                                "MM_CUDA_KERNEL", "MM_CUDA_ARCHITECTURES")
-                    if cache.get(var) and var not in settings}
+            # each other's; a failed configure's settings may be what failed, and go.
+            own = ["MM_PYTHON_OUTPUT_DIR"]
+            if generated(build_dir):
+                own += ["CMAKE_BUILD_TYPE", "MM_BUILD_TESTS", "MM_CUDA_KERNEL", "MM_CUDA_ARCHITECTURES"]
+            kept = {var: cache[var] for var in own if cache.get(var) and var not in settings}
             kept.setdefault("MM_PYTHON_OUTPUT_DIR",
                             str(PACKAGE if editable else build_dir / "python" / "manifold_mixup"))
             kept.setdefault("CMAKE_BUILD_TYPE", "Release")

@@ -10,12 +10,11 @@ rather than from its CMake config (which refuses a CUDA torch when no CUDA toolk
   cxx_standard  the C++ standard torch's headers need (from TorchConfig.cmake; 17 if it says none)
   cuda_home     the toolkit torch's extension builder would use (CUDA_HOME, CUDA_PATH, nvcc on
                 PATH, /usr/local/cuda), empty when it finds none or torch has no CUDA
-  key           what a build folder is configured for: this torch (version, folder) and Python;
-                setup.py and the Makefile configure a folder afresh when its key changes
+  key           what a build folder is configured for: this torch (version and folder); setup.py
+                and the Makefile configure a folder afresh when its key changes
 """
 import os
 import re
-import sys
 
 import torch
 
@@ -45,7 +44,7 @@ def torch_dir():
 
 
 def key():
-    return f"torch {torch.__version__} in {torch_dir()}, Python {sys.executable}"
+    return f"torch {torch.__version__} in {torch_dir()}"
 
 
 def main():
