@@ -67,8 +67,9 @@ set(MM_CUDA_KERNEL_BUILT none)
 if(MM_TORCH_CUDA)
   set(MM_CUDA_KERNEL_BUILT aten)
   if(NOT MM_CUDA_KERNEL STREQUAL "aten")
-    # nvcc as CMake finds it (CUDACXX, CMAKE_CUDA_COMPILER, CUDA_PATH, PATH), else in the toolkit
-    # torch's own extension builder would use (CUDA_HOME, nvcc on PATH, /usr/local/cuda).
+    # nvcc named by CUDACXX or CMAKE_CUDA_COMPILER; else in the toolkit torch's own extension
+    # builder would use (CUDA_HOME, CUDA_PATH, nvcc on PATH, /usr/local/cuda); else as CMake
+    # looks for it.
     if(NOT CMAKE_CUDA_COMPILER AND NOT DEFINED ENV{CUDACXX} AND _mm_torch_cuda_home
        AND EXISTS "${_mm_torch_cuda_home}/bin/nvcc")
       set(CMAKE_CUDA_COMPILER "${_mm_torch_cuda_home}/bin/nvcc" CACHE FILEPATH "The CUDA compiler")
