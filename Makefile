@@ -59,7 +59,7 @@ demo: build
 	$(PYTHON) demo/digits.py --out demo_out
 
 bench: build
-	$(PYTHON) bench/bench_mix.py && if [ -f bench/bench_step.py ]; then $(PYTHON) bench/bench_step.py; fi
+	$(PYTHON) bench/bench_mix.py && $(PYTHON) bench/bench_step.py && $(PYTHON) bench/bench_compile.py
 
 clean:
 	rm -rf $(BUILD) python/manifold_mixup/_C*.so python/manifold_mixup/_build_info.py \
