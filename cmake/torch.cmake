@@ -213,6 +213,10 @@ if(MM_WITH_CUDA)
   set(CMAKE_CUDA_STANDARD_REQUIRED ON)
 endif()
 
+# In the cache too, for scripts that read it (scripts/gpu-check.sh reads MM_WITH_CUDA).
+set(MM_WITH_CUDA ${MM_WITH_CUDA} CACHE INTERNAL "The fused CUDA kernels are built")
+set(MM_CUDA_KERNEL_BUILT ${MM_CUDA_KERNEL_BUILT} CACHE INTERNAL "The CUDA kernels built: fused, aten or none")
+
 set(_mm_kernel_words_fused "fused (nvcc)")
 set(_mm_kernel_words_aten "ATen-composed (no CUDA toolkit found; slower than the fused kernel)")
 set(_mm_kernel_words_none "none (torch has no CUDA)")
