@@ -83,6 +83,18 @@ TEST(MixAten, NonContiguousInputAndLamOfAnotherDtype) {
   EXPECT_TRUE(torch::allclose(mix_backward_aten(x, perm, lam), reference_backward(x, perm, lam), 1e-12, 1e-12));
 }
 
+TEST(MixAten, ChannelsLastInputKeepsItsLayout) {
+  const auto x = torch::randn({4, 3, 5, 2}).contiguous(torch::MemoryFormat::ChannelsLast);
+  const auto perm = torch::randperm(4);
+  const auto lam = torch::rand({4});
+  const auto out = mix_aten(x, perm, lam);
+  EXPECT_TRUE(out.is_contiguous(torch::MemoryFormat::ChannelsLast));
+  EXPECT_TRUE(torch::allclose(out.to(torch::kDouble), reference(x, perm, lam), 1e-6, 1e-6));
+  const auto grad = mix_backward_aten(x, perm, lam);
+  EXPECT_TRUE(grad.is_contiguous(torch::MemoryFormat::ChannelsLast));
+  EXPECT_TRUE(torch::allclose(grad.to(torch::kDouble), reference_backward(x, perm, lam), 1e-6, 1e-6));
+}
+
 TEST(MixAten, BackwardTakesAnyIndexVector) {
   for (const auto& perm : {torch::tensor({0, 0, 0, 0, 0}, torch::kLong),
                            torch::tensor({1, 1, 4, 2, 2}, torch::kLong),

@@ -7,7 +7,8 @@
 //     have gathered cannot leak in through 0 * inf;
 //   - in the backward, a source whose (1 - lam) is exactly 0 adds nothing to its target;
 //   - arithmetic in x's opmath dtype (float32 for float16, bfloat16 and float32), rounded once
-//     to x's dtype;
+//     to x's dtype; the result in x's memory format when x is channels_last, else contiguous
+//     (ops/mix.h);
 //   - an index of perm outside [0, B) is never dereferenced: on CUDA it trips the device-side
 //     assert of torch's own indexing kernels (index_select in the forward, index_add_ in the
 //     backward; a dedicated check when x has no elements per sample), which, like the fused
