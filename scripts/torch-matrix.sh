@@ -85,6 +85,8 @@ for row in "${rows[@]}"; do
   py="$venv/bin/python"
   version=$("$py" -c "import torch; print(torch.__version__)" 2>/dev/null)
   cuda=$("$py" -c "import torch; print(torch.version.cuda or '-')" 2>/dev/null)
+  shown_toolkit=$toolkit
+  [ "$cuda" = - ] && shown_toolkit="- (CPU torch)"
   hide=()
   [ "$toolkit" = hidden ] && hide=(./scripts/without-cuda-toolkit.sh)
   target=.
@@ -98,16 +100,19 @@ for row in "${rows[@]}"; do
   seconds=$(( $(date +%s) - start ))
   if [ $built -ne 0 ]; then
     reason=$(grep -E -m1 "CMake Error|error:|fatal" "$log" | cut -c1-80)
-    echo "| $version | $cuda | $toolkit | $from | **failed** after ${seconds} s: \`$reason\` | | | |" >> "$TABLE"; continue
+    echo "| $version | $cuda | $shown_toolkit | $from | **failed** after ${seconds} s: \`$reason\` | | | |" >> "$TABLE"; continue
   fi
   # setup.py's line: "manifold-mixup: built against torch X, CUDA kernel: fused, in <folder>".
   kernel=$(sed -n 's/.*manifold-mixup: built against torch .*, CUDA kernel: \([a-z]*\),.*/\1/p' "$log" | tail -n1)
+  # CMake's line, when it configured: "manifold_mixup: CUDA architectures 75-real;80-real".
+  archs=$(sed -n 's/.*manifold_mixup: CUDA architectures //p' "$log" | tail -n1 | sed 's/-real//g; s/;/, /g')
+  [ "$kernel" = fused ] && [ -n "$archs" ] && kernel="fused ($archs)"
   registered=$(cd / && "$py" -c "import torch, manifold_mixup
 print(' '.join('yes' if torch._C._dispatch_has_kernel_for_dispatch_key(f'manifold_mixup::{op}', 'CUDA') else 'no' for op in ('mix', '_mix_backward')))" 2>>"$log")
   summary=$(OMP_NUM_THREADS=1 "$py" -m pytest --installed -q -p no:cacheprovider -p no:xdist "${TESTS[@]}" 2>&1 \
             | tee -a "$log" | tail -n1)
   count() { echo "$summary" | grep -o "[0-9]* $1" | grep -o "[0-9]*" || echo 0; }
   failed=$(( $(count failed) + $(count error) ))
-  echo "| $version | $cuda | $toolkit | $from | ${seconds} s | $kernel | $registered | $(count passed) / $failed / $(count skipped) |" >> "$TABLE"
+  echo "| $version | $cuda | $shown_toolkit | $from | ${seconds} s | $kernel | $registered | $(count passed) / $failed / $(count skipped) |" >> "$TABLE"
 done
 cat "$TABLE"
