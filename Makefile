@@ -25,7 +25,7 @@ deps:
 # Configures once, then builds incrementally; the package is installed in editable mode
 # (pip install -e, which drives the same CMake build directory) unless `import
 # manifold_mixup` already finds this tree. The folder is configured afresh when its configure
-# never finished (no build files) or it was configured for another torch (the key
+# never finished (no build files) or it was configured for another torch or CUDA toolkit (the key
 # cmake/torch_info.py prints and CMake keeps in the cache).
 build: deps
 	@key=$$($(PYTHON) cmake/torch_info.py 2>/dev/null | sed -n 's/^key=//p'); \

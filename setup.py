@@ -8,11 +8,12 @@ manifold_mixup --cmakedir` prints where). Its requirement on torch is the releas
 compiled against (`torch==2.13.*`): libtorch's C++ ABI changes between series. The metadata is in
 pyproject.toml; making the sdist needs no torch.
 
-Environment: MM_CMAKE_BUILD_DIR (default build/pip/<torch version>-<hash of torch's folder>, so
-each torch keeps its own build; a folder configured for another torch, or whose
-configure failed, is configured afresh, keeping its own settings), MM_BUILD_TESTS, MM_BUILD_TYPE,
-MM_CCACHE and MM_CUDA_KERNEL (auto, fused or aten; passed on to CMake when set), MAX_JOBS
-(parallel compile jobs, default: the CPU count). Ninja builds when it is found (Debian's
+Environment: MM_CMAKE_BUILD_DIR (default build/pip/<torch version>-<hash of torch's folder and of
+the nvcc found>, so each torch, with or without the CUDA toolkit, keeps its own build; a folder
+configured for another torch or toolkit, or whose configure failed, is configured afresh,
+keeping its own settings), MM_BUILD_TESTS, MM_BUILD_TYPE, MM_CCACHE and MM_CUDA_KERNEL (auto,
+fused or aten; passed on to CMake when set), MAX_JOBS (parallel compile jobs, default: the CPU
+count). Ninja builds when it is found (Debian's
 ninja-build, or `pip install ninja`), ccache is used when installed (MM_CCACHE=OFF turns it off).
 """
 import hashlib
@@ -152,7 +153,7 @@ class CMakeBuild(build_ext):
         args = [f"-D{var}={value}" for var, value in settings.items()]
         # A cache also keeps what its configure found (nvcc or none, Torch_DIR), which a plain
         # reconfigure would reuse: a folder whose configure failed, or that was configured for
-        # another torch, starts afresh.
+        # another torch or toolkit (cmake/torch_info.py's key), starts afresh.
         fresh = not (cache and generated(build_dir) and cache.get("MM_TORCH_KEY") == torch_info().key())
         if fresh:
             # A new folder: an editable install keeps the module in the source tree, a wheel's

@@ -44,9 +44,10 @@ set(MM_TORCH_VERSION "${_mm_torch_version}")
 set(MM_TORCH_CUDA "${_mm_torch_cuda}")
 set(MM_TORCH_LIB_DIR "${_mm_torch_dir}/lib")
 
-# A build folder belongs to one torch: its cache holds that torch's paths (Torch_DIR, the CUDA
-# compiler, the libraries every RUNPATH names), which a new configure would keep. setup.py and the
-# Makefile configure afresh when the torch changes; a hand-made build folder is told to.
+# A build folder belongs to one torch (and, for a CUDA torch, one nvcc or none): its cache holds
+# their paths (Torch_DIR, the CUDA compiler or its absence, the libraries every RUNPATH names),
+# which a new configure would keep. setup.py and the Makefile configure afresh when they change;
+# a hand-made build folder is told to.
 if(DEFINED CACHE{MM_TORCH_KEY} AND NOT MM_TORCH_KEY STREQUAL _mm_torch_key)
   message(FATAL_ERROR "manifold_mixup: ${CMAKE_BINARY_DIR} was configured for ${MM_TORCH_KEY}, "
                       "but now finds ${_mm_torch_key}. Configure it afresh: "

@@ -10,8 +10,9 @@ rather than from its CMake config (which refuses a CUDA torch when no CUDA toolk
   cxx_standard  the C++ standard torch's headers need (from TorchConfig.cmake; 17 if it says none)
   cuda_home     the toolkit torch's extension builder would use (CUDA_HOME, CUDA_PATH, nvcc on
                 PATH, /usr/local/cuda), empty when it finds none or torch has no CUDA
-  key           what a build folder is configured for: this torch (version and folder); setup.py
-                and the Makefile configure a folder afresh when its key changes
+  key           what a build folder is configured for: this torch (version and folder) and, for a
+                CUDA torch, the nvcc the build would use (CUDACXX, else cuda_home's, else none);
+                setup.py and the Makefile configure a folder afresh when its key changes
 """
 import os
 import re
@@ -43,8 +44,20 @@ def torch_dir():
     return os.path.dirname(os.path.abspath(torch.__file__))
 
 
+def nvcc():
+    """The nvcc a build would use: CUDACXX, else the one in torch's CUDA_HOME, else none."""
+    if os.environ.get("CUDACXX"):
+        return os.environ["CUDACXX"]
+    home = cuda_home()
+    found = os.path.join(home, "bin", "nvcc") if home else ""
+    return found if found and os.path.exists(found) else ""
+
+
 def key():
-    return f"torch {torch.__version__} in {torch_dir()}"
+    """A toolkit that appears or goes changes the build as much as another torch does: a folder
+    configured with nvcc names its libraries, one without never looks for nvcc again."""
+    found = f", nvcc {nvcc() or 'none'}" if torch.version.cuda else ""
+    return f"torch {torch.__version__} in {torch_dir()}{found}"
 
 
 def main():
