@@ -121,6 +121,8 @@ if(MM_CUDA_KERNEL_BUILT STREQUAL "fused")
   endif()
   execute_process(COMMAND "${CMAKE_CUDA_COMPILER}" --list-gpu-arch
                   OUTPUT_VARIABLE _mm_nvcc_archs ERROR_QUIET RESULT_VARIABLE _mm_nvcc_rc)
+  string(REGEX REPLACE "[ \t\r\n]+" " " _mm_nvcc_archs_said "${_mm_nvcc_archs}")
+  string(STRIP "${_mm_nvcc_archs_said}" _mm_nvcc_archs_said)
   set(MM_CUDA_ARCHITECTURES "")
   foreach(_arch IN LISTS _mm_archs)
     string(REGEX MATCH "^[0-9]+[a-z]?" _num "${_arch}")
@@ -128,7 +130,7 @@ if(MM_CUDA_KERNEL_BUILT STREQUAL "fused")
       if(_mm_archs_from)
         message(FATAL_ERROR "manifold_mixup: ${_mm_archs_from} asks for CUDA architecture ${_arch}, "
                             "which this nvcc (${CMAKE_CUDA_COMPILER_VERSION}) cannot build; it builds: "
-                            "${_mm_nvcc_archs}")
+                            "${_mm_nvcc_archs_said}")
       endif()
       message(STATUS "manifold_mixup: skipping CUDA architecture ${_arch}: this nvcc "
                      "(${CMAKE_CUDA_COMPILER_VERSION}) cannot build it")
