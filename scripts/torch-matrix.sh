@@ -63,7 +63,7 @@ sdist() {
   "$venv/bin/python" -c "import setuptools.build_meta as b; print(b.build_sdist('$dist'))" | tail -n1
 }
 
-echo "| torch | CUDA | toolkit | from | build | CUDA kernel | CUDA kernel registered | tests (passed / failed / skipped) |" > "$TABLE"
+echo "| torch | CUDA | toolkit | from | build | CUDA kernel | CUDA kernel registered (mix, _mix_backward) | tests (passed / failed / skipped) |" > "$TABLE"
 echo "|---|---|---|---|---|---|---|---|" >> "$TABLE"
 
 for row in "${rows[@]}"; do
