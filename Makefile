@@ -24,9 +24,15 @@ deps:
 
 # Configures once, then builds incrementally; the package is installed in editable mode
 # (pip install -e, which drives the same CMake build directory) unless `import
-# manifold_mixup` already finds this tree.
+# manifold_mixup` already finds this tree. The folder is configured afresh when its configure
+# never finished (no build files) or it was configured for another torch or CUDA toolkit (the key
+# cmake/torch_info.py prints and CMake keeps in the cache).
 build: deps
-	@[ -f $(BUILD)/CMakeCache.txt ] || cmake -S . -B $(BUILD) $(CMAKE_ARGS)
+	@key=$$($(PYTHON) cmake/torch_info.py 2>/dev/null | sed -n 's/^key=//p'); \
+	if { [ ! -f $(BUILD)/build.ninja ] && [ ! -f $(BUILD)/Makefile ]; } || \
+	   ! grep -qxF "MM_TORCH_KEY:INTERNAL=$$key" $(BUILD)/CMakeCache.txt 2>/dev/null; then \
+	  rm -rf $(BUILD)/CMakeCache.txt $(BUILD)/CMakeFiles && cmake -S . -B $(BUILD) $(CMAKE_ARGS); \
+	fi
 	@cd /tmp && $(PYTHON) -c "import manifold_mixup, sys; \
 	  sys.exit(manifold_mixup.__file__ != '$(CURDIR)/python/manifold_mixup/__init__.py')" 2>/dev/null || \
 	  (cd $(CURDIR) && MM_CMAKE_BUILD_DIR=$(CURDIR)/$(BUILD) MM_BUILD_TESTS=ON \

@@ -31,4 +31,5 @@ def architectures():
 
 
 if __name__ == "__main__":
-    print(";".join(sorted(set(architectures()))))
+    # In numeric order (75 before 100), for the build line.
+    print(";".join(sorted(set(architectures()), key=lambda a: (int(re.match(r"\d+", a)[0]), a))))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-ENV = dict(os.environ, PYTHONPATH=str(ROOT / "python"))
+ENV = dict(os.environ)  # conftest.py: PYTHONPATH names the package under test
 
 
 def test_demo_quick_writes_table_and_png(tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-ENV = dict(os.environ, PYTHONPATH=str(ROOT / "python"), OMP_NUM_THREADS="1")
+ENV = dict(os.environ, OMP_NUM_THREADS="1")  # conftest.py: PYTHONPATH names the package
 LIMIT_S = 300
 
 

@@ -30,10 +30,23 @@ VERSION = re.search(r'^__version__ = "(.+)"$', (ROOT / "python" / "manifold_mixu
                     .read_text(), re.M)[1]
 TORCH_SERIES = ".".join(torch.__version__.split("+")[0].split(".")[:2])
 # One venv for the whole file: the tests share it, so xdist keeps them on one worker.
-pytestmark = pytest.mark.xdist_group("install")
+pytestmark = [pytest.mark.xdist_group("install"), pytest.mark.source_tree]
+
+
+def user_env(**extra):
+    """This process's environment as a user's shell has it: without the source tree that
+    conftest.py puts on PYTHONPATH for the other tests' subprocesses."""
+    source = str(ROOT / "python")
+    env = dict(os.environ, **extra)
+    kept = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != source]
+    env["PYTHONPATH"] = os.pathsep.join(kept)
+    if not kept:
+        del env["PYTHONPATH"]
+    return env
 
 
 def run(*cmd, ok=True, **kwargs):
+    kwargs.setdefault("env", user_env())
     done = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=600, **kwargs)
     if ok:
         assert done.returncode == 0, f"{cmd}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
@@ -47,7 +60,7 @@ def wheel(tmp_path_factory):
                     "(or set MM_CMAKE_BUILD_DIR)")
     out = tmp_path_factory.mktemp("wheel")
     run(sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "--no-build-isolation",
-        "--no-deps", "-w", out, ROOT, env=dict(os.environ, MM_CMAKE_BUILD_DIR=str(BUILD)))
+        "--no-deps", "-w", out, ROOT, env=user_env(MM_CMAKE_BUILD_DIR=str(BUILD)))
     (found,) = out.glob("manifold_mixup-*.whl")
     return found
 
@@ -157,9 +170,9 @@ def test_c_host_through_cmakedir(where, tmp_path):
     check_host(tmp_path / "host", tmp_path)
 
 
-def pkg_config_host(pkgconfig, tmp_path, env=TORCH_ELSEWHERE):
+def pkg_config_host(pkgconfig, tmp_path, env=None):
     """Builds and checks the C host with pkg-config's flags; the version pkg-config says."""
-    env = dict(env, PKG_CONFIG_PATH=str(pkgconfig))
+    env = dict(env or user_env(LD_LIBRARY_PATH=str(TORCH_LIB)), PKG_CONFIG_PATH=str(pkgconfig))
     flags = run("pkg-config", "--cflags", "--libs", "manifold_mixup", env=env).stdout.split()
     # The linker reads the libraries' own dependencies, libtorch's included, as the loader does.
     run("cc", "-std=c11", "-Wall", "-Werror", HOST / "host.c", *flags, "-o", tmp_path / "host", env=env)
@@ -274,20 +287,101 @@ def test_import_refuses_another_torch(venv, where, tmp_path):
             assert word in message
 
 
-def test_pip_install_names_the_missing_wheel_support(venv, tmp_path):
-    """The README's install line in a venv whose own setuptools cannot build wheels: it stops
-    before compiling anything and names the fix."""
-    probe = ("import importlib.util as u; print(bool(u.find_spec('setuptools')) and "
-             "not (u.find_spec('setuptools.command.bdist_wheel') or u.find_spec('wheel')))")
+def test_pip_install_names_the_setuptools_upgrade(venv, tmp_path):
+    """The README's install line in a venv whose own setuptools is older than 77.0.3 (which
+    reads pyproject.toml's licence and builds wheels): it stops before compiling anything and
+    names the fix."""
+    probe = ("import importlib.metadata as m, re\n"
+             "try: v = tuple(int(n) for n in re.findall(r'\\d+', m.version('setuptools'))[:3])\n"
+             "except m.PackageNotFoundError: v = None\n"
+             "print(v is not None and v < (77, 0, 3))")
     if run(venv, "-c", probe).stdout.strip() != "True":
-        pytest.skip("this Python's venv setuptools builds wheels (or there is none)")
+        pytest.skip("this Python's venv has a recent setuptools (or none)")
     done = run(venv, "-m", "pip", "install", "--disable-pip-version-check", "--no-index",
                "--no-build-isolation", "--no-deps", ROOT, ok=False, cwd=tmp_path,
-               env=dict(os.environ, MM_CMAKE_BUILD_DIR=str(tmp_path / "never-built")))
+               env=user_env(MM_CMAKE_BUILD_DIR=str(tmp_path / "never-built")))
     assert done.returncode != 0
     assert "pip install --upgrade setuptools" in done.stdout + done.stderr
     assert "invalid command 'bdist_wheel'" not in done.stdout + done.stderr
     assert not (tmp_path / "never-built").exists()
+
+
+def test_isolated_build_says_so_and_gives_the_flag(tmp_path):
+    """pip's default, an isolated build environment, has no torch though the Python running it
+    has: the message says so and names --no-build-isolation. The environment is made as pip makes
+    it: PYTHONPATH names a folder under pip-build-env-* whose sitecustomize leaves sys.path with
+    only that folder's packages (here: this setuptools)."""
+    import importlib.metadata
+    env_dir = tmp_path / "pip-build-env-test"
+    site = env_dir / "site"
+    overlay = env_dir / "overlay"
+    site.mkdir(parents=True)
+    overlay.mkdir()
+    setuptools = importlib.metadata.distribution("setuptools")
+    for top in {Path(f).parts[0] for f in setuptools.files}:
+        found = Path(setuptools.locate_file(top))
+        if found.exists() and not found.name.endswith(".pth"):
+            (overlay / top).symlink_to(found)
+    (site / "sitecustomize.py").write_text(
+        "import sys\n"
+        "sys.path[:] = [p for p in sys.path if 'site-packages' not in p and 'dist-packages' not in p]\n"
+        f"sys.path.append({str(overlay)!r})\n")
+    out = tmp_path / "metadata"
+    out.mkdir()
+    done = run(sys.executable, "-c", f"import setuptools.build_meta as b; b.prepare_metadata_for_build_wheel({str(out)!r})",
+               ok=False, cwd=ROOT, env=user_env(PYTHONPATH=str(site), PYTHONNOUSERSITE="1",
+                                            MM_CMAKE_BUILD_DIR=str(tmp_path / "never-built")))
+    said = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "isolated build environment" in said, said[-3000:]
+    assert "pip install --no-build-isolation" in said
+    assert f"has torch {torch.__version__}" in said
+    assert not (tmp_path / "never-built").exists()
+
+
+def test_a_failed_configure_does_not_block_the_next_try(tmp_path, request):
+    """A first try with a C++ compiler that does not exist fails in CMake's configure, which
+    leaves a cache (holding that compiler) and no build files; the next try, with the compiler
+    fixed, configures afresh and builds (instead of "ninja: error: loading 'build.ninja'"). The
+    folder sits beside `make`'s build/, one level below the source, so that the compile lines
+    are make's and ccache has the objects."""
+    build = ROOT / f".test-build-{os.getpid()}"
+    request.addfinalizer(lambda: shutil.rmtree(build, ignore_errors=True))
+    wheel_args = (sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "--no-build-isolation",
+                  "--no-deps", "-w", tmp_path / "wheel", ROOT)
+    first = run(*wheel_args, ok=False, env=user_env(MM_CMAKE_BUILD_DIR=str(build), CXX="/nonexistent/c++"))
+    assert first.returncode != 0
+    assert (build / "CMakeCache.txt").exists() and not (build / "build.ninja").exists()
+    run(*wheel_args, env=user_env(MM_CMAKE_BUILD_DIR=str(build)))
+    assert list((tmp_path / "wheel").glob("manifold_mixup-*.whl"))
+
+
+def test_sdist_holds_the_build_and_configures_without_torch_in_its_making(tmp_path):
+    """The sdist, made by the PEP 517 hook python -m build calls, holds every tracked file the
+    build and the tests need, no build output, and metadata that pins no torch; CMake
+    configures from it (CMake refuses a target whose source file is missing)."""
+    import tarfile
+    out = tmp_path / "dist"
+    out.mkdir()
+    name = run(sys.executable, "-c", f"import setuptools.build_meta as b; print(b.build_sdist({str(out)!r}))",
+               cwd=ROOT).stdout.strip().splitlines()[-1]
+    with tarfile.open(out / name) as tar:
+        members = {m.name.split("/", 1)[1] for m in tar.getmembers() if "/" in m.name}
+        tar.extractall(tmp_path / "src", filter="data")
+        pkg_info = tar.extractfile(f"{name[:-len('.tar.gz')]}/PKG-INFO").read().decode()
+    tracked = run("git", "ls-files", cwd=ROOT, ok=False).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout: the list of tracked files is git's")
+    for path in tracked:
+        if not path.startswith((".ci/", ".gitignore")):
+            assert path in members, f"{path} is not in the sdist"
+    assert "LICENSE" in members
+    assert not [m for m in members if m.endswith((".so", "_build_info.py")) or "/lib/" in m]
+    assert re.findall(r"^Requires-Dist: (torch.*)$", pkg_info, re.M) == ["torch"]
+    assert re.search(r"^License-Expression: BSD-3-Clause$", pkg_info, re.M)
+    (src,) = (tmp_path / "src").iterdir()
+    done = run("cmake", "-S", src, "-B", tmp_path / "configured", f"-DPython3_EXECUTABLE={sys.executable}")
+    assert "Generating done" in done.stdout
 
 
 def test_cmake_install_serves_c_hosts(tmp_path):
