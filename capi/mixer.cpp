@@ -1,5 +1,6 @@
 // The C ABI's mixer: its configuration (a struct that grows by its size field), alpha and the
 // schedule, counters, and the batch: begin, weights, end.
+#include <cmath>
 #include <cstddef>
 #include <cstring>
 #include <memory>
@@ -27,6 +28,9 @@ void set_defaults(mm_mixer_config* c) {
   c->alpha_min = 0.0;
   c->alpha_max = 0.6;
   c->total_steps = 0;
+  c->lam_mode = MM_LAMBDA_SAMPLE;
+  c->no_fold = 0;
+  c->skip_prob = 0.0;
 }
 
 // Calls fn(offset, size, field of `c`) for every field after `size`, in order.
@@ -41,6 +45,9 @@ void for_each_field(mm_mixer_config& c, Fn&& fn) {
   MM_FIELD(alpha_min);
   MM_FIELD(alpha_max);
   MM_FIELD(total_steps);
+  MM_FIELD(lam_mode);
+  MM_FIELD(no_fold);
+  MM_FIELD(skip_prob);
 #undef MM_FIELD
 }
 
@@ -118,6 +125,14 @@ mm_status mm_mixer_create(const mm_mixer_config* config, mm_mixer** out) {
     o.input_mixup = c.input_mixup != 0;
     if (c.has_seed) o.seed = c.seed;
     o.schedule = schedule_of(c);
+    MM_CHECK_ARG(c.lam_mode == MM_LAMBDA_SAMPLE || c.lam_mode == MM_LAMBDA_BATCH, "config->lam_mode ",
+                 static_cast<int>(c.lam_mode), " is not an mm_lambda_mode");
+    o.lam_mode = c.lam_mode == MM_LAMBDA_BATCH ? manifold_mixup::LamMode::Batch
+                                                : manifold_mixup::LamMode::Sample;
+    o.fold = c.no_fold == 0;
+    MM_CHECK_ARG(std::isfinite(c.skip_prob) && c.skip_prob >= 0 && c.skip_prob <= 1,
+                 "config->skip_prob must be a probability in [0, 1], got ", c.skip_prob);
+    o.prob = 1 - c.skip_prob;
     auto mixer = std::make_shared<Mixer>(o);
     *out = new mm_mixer{mm_mixer::kMagic, std::move(mixer)};
   });
@@ -159,6 +174,7 @@ MM_COUNTER(mm_mixer_batches, batches)
 MM_COUNTER(mm_mixer_input_mixes, input_mixes)
 MM_COUNTER(mm_mixer_repeated_calls, repeated_calls)
 MM_COUNTER(mm_mixer_unmixed_batches, unmixed_batches)
+MM_COUNTER(mm_mixer_skipped_batches, skipped_batches)
 #undef MM_COUNTER
 
 mm_status mm_batch_begin(mm_mixer* mixer, int64_t batch_size, int64_t* chosen) {

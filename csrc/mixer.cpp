@@ -29,6 +29,10 @@ void check_alpha(double alpha, const char* name) {
 
 Mixer::Mixer(MixerOptions options) : options_(std::move(options)), alpha_(options_.alpha) {
   check_alpha(alpha_, "alpha");
+  MM_CHECK_ARG(options_.lam_mode == LamMode::Sample || options_.lam_mode == LamMode::Batch,
+               "lam_mode must be LamMode::Sample or LamMode::Batch, got ", int(options_.lam_mode));
+  MM_CHECK_ARG(std::isfinite(options_.prob) && options_.prob >= 0 && options_.prob <= 1,
+               "prob (the probability that a batch mixes) must be in [0, 1], got ", options_.prob);
   if (options_.schedule) options_.schedule->validate();
   if (options_.seed) own_generator_ = at::make_generator<at::CPUGeneratorImpl>(*options_.seed);
   if (options_.schedule) set_step(0);
@@ -81,13 +85,13 @@ at::Generator Mixer::cpu_generator() const {
 }
 
 namespace {
-// One draw of Beta(alpha, alpha) folded to max(l, 1 - l), alpha > 0. Beta(a, a) is
+// One draw of Beta(alpha, alpha), alpha > 0, folded to max(l, 1 - l) when `fold`. Beta(a, a) is
 // G1 / (G1 + G2) with G ~ Gamma(a), and Gamma(a) is Gamma(a + 1) * U^(1/a); so l = sigmoid(d),
 // d = log(g1 / g2) + log(u1 / u2) / a, finite for tiny a, where Gamma(a) itself underflows to 0
 // (torch's Dirichlet sampler then returns 0.5, the strongest mixing). The log-uniforms are
 // subtracted before dividing by a: for a subnormal a each quotient alone overflows to -inf,
 // and -inf - -inf is NaN. Folded, max(l, 1 - l) = sigmoid(|d|).
-double folded_beta(double alpha, at::CPUGeneratorImpl* gen) {
+double beta_draw(double alpha, bool fold, at::CPUGeneratorImpl* gen) {
   auto uniform = [gen] { return at::uniform_real_distribution<double>(0.0, 1.0)(gen); };
   auto normal = [gen] { return at::normal_distribution<double>(0.0, 1.0)(gen); };
   BaseSampler<double, decltype(uniform)> u(uniform);
@@ -95,15 +99,18 @@ double folded_beta(double alpha, at::CPUGeneratorImpl* gen) {
   const double log_g = std::log(sample_gamma<double, double>(alpha + 1, u, n)) -
                        std::log(sample_gamma<double, double>(alpha + 1, u, n));
   const double log_u = std::log1p(-uniform()) - std::log1p(-uniform());  // U in (0, 1]
-  return 1 / (1 + std::exp(-std::abs(log_g + log_u / alpha)));
+  const double d = log_g + log_u / alpha;
+  return 1 / (1 + std::exp(-(fold ? std::abs(d) : d)));
 }
 }  // namespace
 
 // A handful of tensor ops per batch cost more than the draws: everything is drawn in one loop
 // on the CPU generator into one host buffer (perm as int64, the chosen point as int64, then lam
 // as float32), moved to the batch's device by one copy, pinned for CUDA so that the copy does
-// not wait for the host. The order of the draws (weights, permutation, point) is fixed: the
-// same seed gives the same batches.
+// not wait for the host. The order of the draws (whether the batch mixes, weights, permutation,
+// point) is fixed: the same seed gives the same batches. A draw a setting makes pointless is not
+// taken (none for prob 1, one Beta draw per batch in batch mode), so that with the defaults the
+// draws are those of every earlier version.
 void Mixer::draw_batch(int64_t batch_size, at::Device device) {
   const int64_t b = batch_size, perm_bytes = b * 8, chosen_bytes = 8;
   auto host = at::empty({perm_bytes + chosen_bytes + b * 4},
@@ -113,27 +120,46 @@ void Mixer::draw_batch(int64_t batch_size, at::Device device) {
   auto* chosen = reinterpret_cast<int64_t*>(bytes + perm_bytes);
   auto* lam = reinterpret_cast<float*>(bytes + perm_bytes + chosen_bytes);
   const int64_t candidates = num_points() + (options_.input_mixup ? 1 : 0);
+  bool skipped = false;
   {
     const at::Generator g = cpu_generator();
     auto* gen = g.get<at::CPUGeneratorImpl>();
     std::lock_guard<std::mutex> lock(gen->mutex_);
-    for (int64_t i = 0; i < b; ++i) lam[i] = alpha_ == 0 ? 1.f : float(folded_beta(alpha_, gen));
-    // Fisher-Yates, as at::randperm on the CPU.
+    if (alpha_ > 0 && options_.prob < 1)
+      skipped = !(at::uniform_real_distribution<double>(0.0, 1.0)(gen) < options_.prob);
     for (int64_t i = 0; i < b; ++i) perm[i] = i;
-    for (int64_t i = 0; i + 1 < b; ++i) {
-      std::swap(perm[i], perm[i + at::uniform_int_from_to_distribution<int64_t>(b - i, 0)(gen)]);
-    }
     *chosen = kNoPoint;
-    if (alpha_ > 0 && candidates > 0) {
-      const int64_t pick = at::uniform_int_from_to_distribution<int64_t>(candidates, 0)(gen);
-      *chosen = pick < num_points() ? pick : kInputPoint;
+    if (skipped) {
+      std::fill(lam, lam + b, 1.f);
+    } else {
+      draw_weights(lam, b, gen);
+      // Fisher-Yates, as at::randperm on the CPU.
+      for (int64_t i = 0; i + 1 < b; ++i) {
+        std::swap(perm[i], perm[i + at::uniform_int_from_to_distribution<int64_t>(b - i, 0)(gen)]);
+      }
+      if (alpha_ > 0 && candidates > 0) {
+        const int64_t pick = at::uniform_int_from_to_distribution<int64_t>(candidates, 0)(gen);
+        *chosen = pick < num_points() ? pick : kInputPoint;
+      }
     }
   }
+  if (skipped) ++skipped_batches_;
   chosen_ = *chosen;
   const auto on_device = device.is_cpu() ? host : host.to(device, /*non_blocking=*/true);
   perm_ = on_device.narrow(0, 0, perm_bytes).view(at::kLong);
   chosen_tensor_ = on_device.narrow(0, perm_bytes, chosen_bytes).view(at::kLong).squeeze(0);
   lam_ = on_device.narrow(0, perm_bytes + chosen_bytes, b * 4).view(at::kFloat);
+  weights_ = lam_;
+}
+
+void Mixer::draw_weights(float* lam, int64_t b, at::CPUGeneratorImpl* gen) const {
+  if (alpha_ == 0) {
+    std::fill(lam, lam + b, 1.f);
+    return;
+  }
+  const int64_t draws = options_.lam_mode == LamMode::Sample ? b : 1;
+  for (int64_t i = 0; i < draws; ++i) lam[i] = float(beta_draw(alpha_, options_.fold, gen));
+  std::fill(lam + draws, lam + b, lam[0]);
 }
 
 int64_t Mixer::begin_batch(int64_t batch_size, at::Device device) {
@@ -221,7 +247,7 @@ at::Tensor Mixer::mixed_loss(const at::Tensor& loss_own, const at::Tensor& loss_
   if (!mixed()) return loss_own;
   std::vector<int64_t> shape(loss_own.dim(), 1);
   shape[0] = batch_size_;
-  const auto lam = lam_.to(loss_own.scalar_type()).view(shape);
+  const auto lam = weights_.to(loss_own.scalar_type()).view(shape);
   return lam * loss_own + (1 - lam) * loss_other;
 }
 
@@ -265,8 +291,8 @@ at::Tensor loss_precision(const at::Tensor& t) {
 }
 
 // The class weight of each target (1 without weights), 0 where it is ignored.
-at::Tensor target_weights(const at::Tensor& target, const at::Tensor& weight, int64_t ignore_index,
-                          at::ScalarType dtype) {
+at::Tensor kept_class_weights(const at::Tensor& target, const at::Tensor& weight, int64_t ignore_index,
+                              at::ScalarType dtype) {
   if (!weight.defined()) return (target != ignore_index).to(dtype);
   const auto ignored = target == ignore_index;
   return weight.index_select(0, target.masked_fill(ignored, 0).flatten())
@@ -283,7 +309,7 @@ at::Tensor Mixer::mix_class_loss(const at::Tensor& log_probs, const at::Tensor& 
   const auto other_target = target.index_select(0, perm_);
   std::vector<int64_t> shape(target.dim(), 1);
   shape[0] = batch_size_;
-  const auto lam = lam_.to(dtype).view(shape);  // over the elements of each sample
+  const auto lam = weights_.to(dtype).view(shape);  // over the elements of each sample
   const auto none = at::Reduction::None;
   auto loss = lam * at::nll_loss_nd(log_probs, target, weight, none, ignore) +
               (1 - lam) * at::nll_loss_nd(log_probs, other_target, weight, none, ignore);
@@ -300,8 +326,8 @@ at::Tensor Mixer::mix_class_loss(const at::Tensor& log_probs, const at::Tensor& 
   }
   if (options.reduction == at::Reduction::None) return loss;
   if (options.reduction == at::Reduction::Sum) return loss.sum();
-  const auto kept_weight = lam * target_weights(target, weight, ignore, dtype) +
-                           (1 - lam) * target_weights(other_target, weight, ignore, dtype);
+  const auto kept_weight = lam * kept_class_weights(target, weight, ignore, dtype) +
+                           (1 - lam) * kept_class_weights(other_target, weight, ignore, dtype);
   return loss.sum() / kept_weight.sum();
 }
 
@@ -337,7 +363,7 @@ at::Tensor Mixer::mix_targets(const at::Tensor& y) const {
   MM_CHECK_ARG(at::isFloatingType(y.scalar_type()), "mix_targets: the targets must be a floating ",
               "tensor (regression), got ", y.scalar_type(), "; integer targets are class indices: ",
               "mix the loss instead (mixed_cross_entropy or mixed_loss)");
-  return mixed() ? manifold_mixup::mix(y, perm_, lam_) : y;
+  return mixed() ? manifold_mixup::mix(y, perm_, weights_) : y;
 }
 
 void Mixer::end_batch() {
@@ -349,7 +375,7 @@ void Mixer::end_batch() {
 
 void Mixer::reset_counters() {
   std::fill(mixes_.begin(), mixes_.end(), 0);
-  input_mixes_ = batches_ = repeated_calls_ = unmixed_batches_ = 0;
+  input_mixes_ = batches_ = repeated_calls_ = unmixed_batches_ = skipped_batches_ = 0;
 }
 
 }  // namespace manifold_mixup

@@ -11,6 +11,7 @@
 #include "selection.h"
 
 namespace py = pybind11;
+using manifold_mixup::LamMode;
 using manifold_mixup::Mixer;
 using manifold_mixup::MixerOptions;
 
@@ -32,6 +33,29 @@ manifold_mixup::ClassLossOptions class_loss_options(const std::optional<at::Tens
               : reduction == "mean" ? at::Reduction::Mean : at::Reduction::Sum;
   return o;
 }
+LamMode lam_mode_of(const std::string& name) {
+  MM_CHECK_ARG(name == "sample" || name == "batch",
+               "lam_mode must be 'sample' (one weight per sample) or 'batch' (one per batch), got '",
+               name, "'");
+  return name == "sample" ? LamMode::Sample : LamMode::Batch;
+}
+
+const char* lam_mode_name(LamMode mode) { return mode == LamMode::Sample ? "sample" : "batch"; }
+
+// The settings beyond alpha, input_mixup and seed, by their Python names: what a pickle keeps.
+py::dict settings_of(const Mixer& m) {
+  py::dict d;
+  d["lam_mode"] = lam_mode_name(m.lam_mode());
+  d["fold"] = m.fold();
+  d["prob"] = m.prob();
+  return d;
+}
+
+void apply_settings(MixerOptions& o, const std::string& lam_mode, bool fold, double prob) {
+  o.lam_mode = lam_mode_of(lam_mode);
+  o.fold = fold;
+  o.prob = prob;
+}
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -40,21 +64,30 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // Calls that run kernels release the GIL: other Python threads (data loading) run meanwhile.
   using release = py::call_guard<py::gil_scoped_release>;
   py::class_<Mixer, std::shared_ptr<Mixer>>(m, "Mixer", R"doc(
-Per-batch state of manifold mixup: weights lam ~ Beta(alpha, alpha) folded to max(lam, 1-lam),
-a permutation of the batch, the mixup point chosen for the batch, and whether it mixed.
+Per-batch state of manifold mixup: weights lam ~ Beta(alpha, alpha), one per sample
+(lam_mode='sample') or one per batch ('batch'), folded to max(lam, 1-lam) unless fold=False;
+a permutation of the batch, the mixup point chosen for the batch, and whether it mixed. With
+probability 1 - prob a batch is skipped: it draws nothing more and no point mixes.
 seed=None draws from torch's default generators (torch.manual_seed makes runs repeatable);
 an int seed gives the Mixer its own generator (e.g. seed + rank under DistributedDataParallel).)doc")
-      .def(py::init([](double alpha, bool input_mixup, std::optional<uint64_t> seed) {
+      .def(py::init([](double alpha, bool input_mixup, std::optional<uint64_t> seed,
+                       const std::string& lam_mode, bool fold, double prob) {
              MixerOptions o;
              o.alpha = alpha;
              o.input_mixup = input_mixup;
              o.seed = seed;
+             apply_settings(o, lam_mode, fold, prob);
              return std::make_shared<Mixer>(o);
            }),
-           py::arg("alpha") = 0.4, py::arg("input_mixup") = true, py::arg("seed") = py::none())
+           py::arg("alpha") = 0.4, py::arg("input_mixup") = true, py::arg("seed") = py::none(),
+           py::kw_only(), py::arg("lam_mode") = "sample", py::arg("fold") = true,
+           py::arg("prob") = 1.0)
       .def_property("alpha", &Mixer::alpha, &Mixer::set_alpha)
       .def_property("input_mixup", &Mixer::input_mixup, &Mixer::set_input_mixup)
       .def_property_readonly("seed", &Mixer::seed)
+      .def_property_readonly("lam_mode", [](const Mixer& m) { return lam_mode_name(m.lam_mode()); })
+      .def_property_readonly("fold", &Mixer::fold)
+      .def_property_readonly("prob", &Mixer::prob)
       .def("add_point", &Mixer::add_point, py::arg("name"))
       .def("clear_points", &Mixer::clear_points)
       .def("retain_points", &Mixer::retain_points, py::arg("indices"),
@@ -69,6 +102,9 @@ an int seed gives the Mixer its own generator (e.g. seed + rank under Distribute
       .def_property_readonly("batch_size", &Mixer::batch_size)
       .def_property_readonly("lam", &Mixer::lam)
       .def_property_readonly("perm", &Mixer::perm)
+      .def_property_readonly("target_weights", &Mixer::target_weights,
+                             "The weight of each sample's own target in the mixed losses: lam, "
+                             "unless the method weighs targets otherwise (PatchUp).")
       .def_property_readonly("chosen_tensor", &Mixer::chosen_tensor,
                              "chosen as a 0-d int64 tensor on the batch's device.")
       .def_property_readonly("mixed", &Mixer::mixed,
@@ -110,18 +146,31 @@ kept targets' class weights mixed like the targets). 'none' (the default) gives 
       .def_property_readonly("input_mixes", &Mixer::input_mixes)
       .def_property_readonly("repeated_calls", &Mixer::repeated_calls)
       .def_property_readonly("unmixed_batches", &Mixer::unmixed_batches)
+      .def_property_readonly("skipped_batches", &Mixer::skipped_batches,
+                             "Batches that prob left unmixed (by design; not unmixed_batches).")
       .def("reset_counters", &Mixer::reset_counters)
       .def_readonly_static("NO_POINT", &Mixer::kNoPoint)
       .def_readonly_static("INPUT_POINT", &Mixer::kInputPoint)
       // A pickled Mixer comes back fresh: same settings and seed (its generator restarts from
-      // that seed), no points, no batch, no counters.
+      // that seed), no points, no batch, no counters. The settings after the seed travel as a
+      // dict of keyword arguments, so that a pickle from an older version loads with defaults.
       .def(py::pickle(
-          [](const Mixer& mx) { return py::make_tuple(mx.alpha(), mx.input_mixup(), mx.seed()); },
+          [](const Mixer& mx) {
+            return py::make_tuple(mx.alpha(), mx.input_mixup(), mx.seed(), settings_of(mx));
+          },
           [](const py::tuple& t) {
             MixerOptions o;
             o.alpha = t[0].cast<double>();
             o.input_mixup = t[1].cast<bool>();
             if (t.size() > 2) o.seed = t[2].cast<std::optional<uint64_t>>();
+            if (t.size() > 3) {
+              const auto d = t[3].cast<py::dict>();
+              auto get = [&](const char* key, auto fallback) {
+                return d.contains(key) ? d[key].cast<decltype(fallback)>() : fallback;
+              };
+              apply_settings(o, get("lam_mode", std::string("sample")), get("fold", true),
+                             get("prob", 1.0));
+            }
             return std::make_shared<Mixer>(o);
           }));
   bind_selection(m);

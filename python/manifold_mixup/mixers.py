@@ -40,6 +40,24 @@ def check_flag(value, name):
     return value
 
 
+def check_probability(value, name):
+    "A real number in [0, 1] as a float; bools refused."
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+            or not 0 <= float(value) <= 1:
+        raise ValueError(f"{name} must be a number in [0, 1], got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+def mixing_settings(lam_mode="sample", fold=True, prob=1.0):
+    """The keyword arguments of the native Mixer beyond alpha, checked here so that a wrong one
+    is named in Python's terms: how lam is drawn, and how often a batch mixes."""
+    if lam_mode not in ("sample", "batch"):
+        raise ValueError(f"lam_mode must be 'sample' (one weight per sample) or 'batch' (one per "
+                         f"batch, as the paper's code), got {lam_mode!r}")
+    return dict(lam_mode=lam_mode, fold=check_flag(fold, "fold"),
+                prob=check_probability(prob, "prob"))
+
+
 def _check_seed(seed):
     if seed is None:
         return None
@@ -96,6 +114,12 @@ class ManifoldMixer:
             gives this mixer its own generator (under DDP pass e.g. ``seed + rank``).
         verbose: True prints which modules were selected and why (rank 0 only), False is
             silent, or pass a function taking the line (e.g. ``logging.info``).
+        lam_mode: ``"sample"``, one lam per sample (the reference extension's), or ``"batch"``,
+            one per batch (the paper's code).
+        fold: fold lam to ``max(lam, 1 - lam)`` (True), or use it as drawn (False, the paper's
+            code).
+        prob: the probability that a batch mixes at all (timm's ``prob``); a batch left
+            unmixed trains plainly and is counted in ``mixer.skipped_batches``.
 
     The points live as long as the mixer (until ``remove()``): inside ``batch()`` every
     training-mode forward of the model mixes at the drawn point with the batch's lam and perm
@@ -107,7 +131,7 @@ class ManifoldMixer:
     call only (warned once); a point whose output has no batch dimension (or is not floating)
     is left out with a line, as is one that never runs in its first training batches.
     Counters: ``mixer.batches``, ``mixer.point_mixes``, ``mixer.input_mixes``,
-    ``mixer.unmixed_batches``, ``mixer.repeated_calls``.
+    ``mixer.unmixed_batches``, ``mixer.repeated_calls``, ``mixer.skipped_batches``.
     """
 
     # A candidate that has run in no forward of this many training batches is left out: a
@@ -115,11 +139,12 @@ class ManifoldMixer:
     NEVER_RAN_BATCHES = 20
 
     def __init__(self, model: nn.Module, alpha=0.4, modules=None, input_mixup: bool = True,
-                 seed=None, verbose=True):
+                 seed=None, verbose=True, *, lam_mode="sample", fold=True, prob=1.0):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         alpha = check_alpha(alpha)
         check_flag(input_mixup, "input_mixup")
+        settings = mixing_settings(lam_mode, fold, prob)
         _refuse_data_parallel_over_devices(model)
         self._say, self._verbose = _logger(verbose), verbose not in (False, None)
         self.model, self._root = model, unwrap_model(model)
@@ -127,7 +152,7 @@ class ManifoldMixer:
             modules = [modules]
         self._automatic = modules is None
         selected = select_modules(model, modules, log=self._say)
-        self.mixer = _C.Mixer(alpha=alpha, input_mixup=input_mixup, seed=_check_seed(seed))
+        self.mixer = _C.Mixer(alpha=alpha, input_mixup=input_mixup, seed=_check_seed(seed), **settings)
         names = {id(m): n for n, m in self._root.named_modules()}
         for m in selected:
             self.mixer.add_point(names.get(id(m)) or type(m).__name__)
@@ -386,11 +411,13 @@ class OutputMixer:
     Each call draws lam and perm, mixes the logits and returns the mixed loss (see
     `ManifoldMixer.loss`). Classification only: a loss known to be a regression loss, or
     floating targets with a loss not known to be a classification loss, raise ValueError.
-    Call the loss itself for evaluation. `alpha` may be set before any call.
+    Call the loss itself for evaluation. `alpha` may be set before any call. `lam_mode`,
+    `fold` and `prob` are ManifoldMixer's.
     """
 
-    def __init__(self, alpha=0.4, seed=None):
-        self.mixer = _C.Mixer(alpha=check_alpha(alpha), input_mixup=False, seed=_check_seed(seed))
+    def __init__(self, alpha=0.4, seed=None, *, lam_mode="sample", fold=True, prob=1.0):
+        self.mixer = _C.Mixer(alpha=check_alpha(alpha), input_mixup=False, seed=_check_seed(seed),
+                              **mixing_settings(lam_mode, fold, prob))
         self.mixer.add_point("output")  # the logits are the one mixup point
 
     alpha = ManifoldMixer.alpha

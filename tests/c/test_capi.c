@@ -1156,6 +1156,65 @@ done:
   mm_mixer_destroy(mixer);
 }
 
+/* The paper's lambda modes and skip_prob: one weight per batch, as drawn; skipped batches draw
+ * nothing, choose no point and are counted apart from unmixed ones; bad values are refused. */
+static void test_lambda_modes_and_skip_prob(void) {
+  mm_mixer_config cfg;
+  mm_mixer* mixer = NULL;
+  mm_tensor *lam_t = NULL, *perm_t = NULL;
+  float lam[B];
+  int64_t perm[B], chosen = 0, skipped = 0, count = 0, unmixed = -1;
+  int i, b, below_half = 0;
+  mm_mixer_config_init(&cfg, sizeof cfg);
+  CHECK(cfg.lam_mode == MM_LAMBDA_SAMPLE && cfg.no_fold == 0 && cfg.skip_prob == 0.0);
+  cfg.alpha = 2.0;
+  cfg.has_seed = 1;
+  cfg.seed = 7;
+  cfg.lam_mode = MM_LAMBDA_BATCH;
+  cfg.no_fold = 1;
+  cfg.skip_prob = 0.5;
+  CHECK_OK(mm_mixer_create(&cfg, &mixer));
+  for (b = 0; b < 200; ++b) {
+    CHECK_OK(mm_batch_begin(mixer, B, &chosen));
+    CHECK_OK(mm_batch_weights(mixer, &lam_t, &perm_t));
+    CHECK_OK(mm_tensor_to_host(lam_t, lam, sizeof lam));
+    CHECK_OK(mm_tensor_to_host(perm_t, perm, sizeof perm));
+    mm_tensor_destroy(lam_t);
+    mm_tensor_destroy(perm_t);
+    lam_t = perm_t = NULL;
+    for (i = 1; i < B; ++i) CHECK(lam[i] == lam[0]);
+    if (chosen == MM_POINT_NONE) {
+      ++skipped;
+      for (i = 0; i < B; ++i) CHECK(lam[i] == 1.0f && perm[i] == i);
+    } else {
+      CHECK(chosen == MM_POINT_INPUT);
+      below_half += lam[0] < 0.5f;
+    }
+    CHECK_OK(mm_batch_end(mixer));
+  }
+  CHECK_OK(mm_mixer_skipped_batches(mixer, &count));
+  CHECK(count == skipped && skipped > 60 && skipped < 140);
+  /* no forward ran: every batch that chose the input is unmixed, no skipped one is */
+  CHECK_OK(mm_mixer_unmixed_batches(mixer, &unmixed));
+  CHECK(unmixed == 200 - skipped);
+  CHECK(below_half > 0); /* not folded */
+  CHECK_STATUS(mm_mixer_skipped_batches(mixer, NULL), MM_ERR_NULL);
+  mm_mixer_destroy(mixer);
+  mixer = NULL;
+  cfg.lam_mode = (mm_lambda_mode)7;
+  CHECK_STATUS(mm_mixer_create(&cfg, &mixer), MM_ERR_ARG);
+  CHECK_MSG("lam_mode");
+  cfg.lam_mode = MM_LAMBDA_SAMPLE;
+  cfg.skip_prob = 1.5;
+  CHECK_STATUS(mm_mixer_create(&cfg, &mixer), MM_ERR_ARG);
+  CHECK_MSG("skip_prob");
+  CHECK(mixer == NULL);
+done:
+  mm_tensor_destroy(lam_t);
+  mm_tensor_destroy(perm_t);
+  mm_mixer_destroy(mixer);
+}
+
 struct test_case {
   const char* name;
   void (*fn)(void);
@@ -1252,6 +1311,7 @@ int main(int argc, char** argv) {
       {"allocation_failure_is_nomem", test_allocation_failure_is_nomem},
       {"handles_after_destroy", test_handles_after_destroy},
       {"alpha_moves_only_with_set_step", test_alpha_moves_only_with_set_step},
+      {"lambda_modes_and_skip_prob", test_lambda_modes_and_skip_prob},
   };
   int failures = 0, run = 0, a;
   size_t i;
