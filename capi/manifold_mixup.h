@@ -174,6 +174,13 @@ typedef enum mm_lambda_mode {
   MM_LAMBDA_BATCH = 1   /* one weight for the whole batch (the paper's code) */
 } mm_lambda_mode;
 
+/* What mixing does at the chosen point. */
+typedef enum mm_method {
+  MM_METHOD_MIXUP = 0,        /* lam[i] h[i] + (1 - lam[i]) h[perm[i]] over the whole output */
+  MM_METHOD_PATCHUP_SOFT = 1, /* PatchUp: that mix inside blocks of feature maps [B, C, H, W] */
+  MM_METHOD_PATCHUP_HARD = 2  /* PatchUp: the blocks swapped (h[perm[i]] inside them) */
+} mm_method;
+
 /* Configuration of a mixer. Fill it with mm_mixer_config_init(&cfg, sizeof cfg), then change
  * fields. `size` lets the struct grow: the library reads only the fields that lie wholly within
  * `size` bytes, so a program built against an older header, whose struct is smaller, gets the
@@ -201,6 +208,13 @@ typedef struct mm_mixer_config {
   double skip_prob;     /* probability in [0, 1] that a batch does not mix at all: it draws no
                            weights, no permutation and no point (MM_POINT_NONE) and is counted in
                            mm_mixer_skipped_batches (Python's prob is 1 - skip_prob). Default 0 */
+  mm_method method;     /* Default MM_METHOD_MIXUP. PatchUp (Faramarzi et al.) mixes only
+                           outputs [B, C, H, W]: a point or input of another shape makes the
+                           forward fail with MM_ERR_TORCH. Hard PatchUp draws no weights (lam is 0
+                           in the blocks); alpha 0 still turns mixing off. The mixed losses weigh
+                           the targets by the blocks' area (see mm_batch_target_weights) */
+  int64_t patchup_block; /* PatchUp's block size, odd; 0 (default) means 7, the authors' default */
+  double patchup_gamma; /* PatchUp's gamma in (0, 1]; 0 (default) means 0.9, the authors' default */
 } mm_mixer_config;
 
 /* Writes `size` bytes at config: the defaults in the fields that lie wholly within them,
@@ -212,7 +226,8 @@ MM_API mm_status mm_mixer_config_init(mm_mixer_config* config, size_t size);
  * or a nonzero byte beyond the library's struct; alpha negative or not finite; a bad
  * schedule: an unknown kind, alpha_min or alpha_max negative or not finite, total_steps < 1,
  * or alpha_min 0 for the exponential one, which would stay 0; an unknown lam_mode; skip_prob
- * outside [0, 1]). */
+ * outside [0, 1]; an unknown method, an even or negative patchup_block, patchup_gamma outside
+ * [0, 1]). */
 MM_API mm_status mm_mixer_create(const mm_mixer_config* config, mm_mixer** out);
 
 /* Frees the mixer handle, ending its batch if one is open. An installed hook keeps what it
@@ -270,6 +285,13 @@ MM_API mm_status mm_batch_begin_on(mm_mixer* mixer, int64_t batch_size, const ch
 /* Copies of the batch's weights (float32 [B]) and permutation (int64 [B]) as new tensors;
  * either output may be NULL. Errors: MM_ERR_NULL (mixer), MM_ERR_STATE (no batch). */
 MM_API mm_status mm_batch_weights(const mm_mixer* mixer, mm_tensor** lam, mm_tensor** perm);
+
+/* A copy (float32 [B], new tensor) of the weight of each sample's own target in the mixed
+ * losses and mm_mix_targets: lam, except for PatchUp after a forward that mixed:
+ * 1 - changed * (1 - lam[i]), changed the fraction of features in the batch's blocks (soft: the
+ * unchanged fraction plus lam of the changed one; hard: the unchanged fraction). Errors:
+ * MM_ERR_NULL, MM_ERR_STATE (no batch). */
+MM_API mm_status mm_batch_target_weights(const mm_mixer* mixer, mm_tensor** weights);
 
 /* Whether the batch's latest forward mixed: *mixed is 1 once the chosen point has mixed in
  * it (a module point), or the batch's input was mixed (the input point), else 0. The mixed

@@ -31,6 +31,9 @@ void set_defaults(mm_mixer_config* c) {
   c->lam_mode = MM_LAMBDA_SAMPLE;
   c->no_fold = 0;
   c->skip_prob = 0.0;
+  c->method = MM_METHOD_MIXUP;
+  c->patchup_block = 0;
+  c->patchup_gamma = 0.0;
 }
 
 // Calls fn(offset, size, field of `c`) for every field after `size`, in order.
@@ -48,6 +51,9 @@ void for_each_field(mm_mixer_config& c, Fn&& fn) {
   MM_FIELD(lam_mode);
   MM_FIELD(no_fold);
   MM_FIELD(skip_prob);
+  MM_FIELD(method);
+  MM_FIELD(patchup_block);
+  MM_FIELD(patchup_gamma);
 #undef MM_FIELD
 }
 
@@ -133,6 +139,14 @@ mm_status mm_mixer_create(const mm_mixer_config* config, mm_mixer** out) {
     MM_CHECK_ARG(std::isfinite(c.skip_prob) && c.skip_prob >= 0 && c.skip_prob <= 1,
                  "config->skip_prob must be a probability in [0, 1], got ", c.skip_prob);
     o.prob = 1 - c.skip_prob;
+    switch (c.method) {
+      case MM_METHOD_MIXUP: o.method = manifold_mixup::Method::Mixup; break;
+      case MM_METHOD_PATCHUP_SOFT: o.method = manifold_mixup::Method::PatchUpSoft; break;
+      case MM_METHOD_PATCHUP_HARD: o.method = manifold_mixup::Method::PatchUpHard; break;
+      default: MM_CHECK_ARG(false, "config->method ", static_cast<int>(c.method), " is not an mm_method");
+    }
+    if (c.patchup_block != 0) o.patchup_block = c.patchup_block;  // else the authors' 7
+    if (c.patchup_gamma != 0) o.patchup_gamma = c.patchup_gamma;  // else the authors' 0.9
     auto mixer = std::make_shared<Mixer>(o);
     *out = new mm_mixer{mm_mixer::kMagic, std::move(mixer)};
   });
@@ -199,6 +213,14 @@ mm_status mm_batch_weights(const mm_mixer* mixer, mm_tensor** lam, mm_tensor** p
     std::unique_ptr<mm_tensor> p(manifold_mixup::capi::new_tensor(m.perm().clone()));
     if (lam) *lam = l.release();
     if (perm) *perm = p.release();
+  });
+}
+
+mm_status mm_batch_target_weights(const mm_mixer* mixer, mm_tensor** weights) {
+  return guard(__func__, [&] {
+    const Mixer& m = require_batch(mixer);
+    nonnull(weights, "weights");
+    *weights = manifold_mixup::capi::new_tensor(m.target_weights().clone());
   });
 }
 

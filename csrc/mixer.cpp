@@ -17,6 +17,7 @@
 
 #include "errors.h"
 #include "ops/mix.h"
+#include "ops/patchup.h"
 
 namespace manifold_mixup {
 
@@ -33,6 +34,15 @@ Mixer::Mixer(MixerOptions options) : options_(std::move(options)), alpha_(option
                "lam_mode must be LamMode::Sample or LamMode::Batch, got ", int(options_.lam_mode));
   MM_CHECK_ARG(std::isfinite(options_.prob) && options_.prob >= 0 && options_.prob <= 1,
                "prob (the probability that a batch mixes) must be in [0, 1], got ", options_.prob);
+  MM_CHECK_ARG(options_.method == Method::Mixup || options_.method == Method::PatchUpSoft ||
+                   options_.method == Method::PatchUpHard,
+               "method must be Mixup, PatchUpSoft or PatchUpHard, got ", int(options_.method));
+  MM_CHECK_ARG(options_.patchup_block >= 1 && options_.patchup_block % 2 == 1,
+               "patchup_block must be an odd number >= 1 (the block is centred on a feature), got ",
+               options_.patchup_block);
+  MM_CHECK_ARG(std::isfinite(options_.patchup_gamma) && options_.patchup_gamma >= 0 &&
+                   options_.patchup_gamma <= 1,
+               "patchup_gamma must be in [0, 1], got ", options_.patchup_gamma);
   if (options_.schedule) options_.schedule->validate();
   if (options_.seed) own_generator_ = at::make_generator<at::CPUGeneratorImpl>(*options_.seed);
   if (options_.schedule) set_step(0);
@@ -105,20 +115,21 @@ double beta_draw(double alpha, bool fold, at::CPUGeneratorImpl* gen) {
 }  // namespace
 
 // A handful of tensor ops per batch cost more than the draws: everything is drawn in one loop
-// on the CPU generator into one host buffer (perm as int64, the chosen point as int64, then lam
-// as float32), moved to the batch's device by one copy, pinned for CUDA so that the copy does
+// on the CPU generator into one host buffer (perm as int64, the chosen point and the Philox key
+// as int64, then lam as float32), moved to the batch's device by one copy, pinned for CUDA so that the copy does
 // not wait for the host. The order of the draws (whether the batch mixes, weights, permutation,
-// point) is fixed: the same seed gives the same batches. A draw a setting makes pointless is not
-// taken (none for prob 1, one Beta draw per batch in batch mode), so that with the defaults the
-// draws are those of every earlier version.
+// point, key) is fixed: the same seed gives the same batches. A draw a setting makes pointless is
+// not taken (none for prob 1, one Beta draw per batch in batch mode, none for hard PatchUp, no
+// key for Mixup), so that with the defaults the draws are those of every earlier version.
 void Mixer::draw_batch(int64_t batch_size, at::Device device) {
-  const int64_t b = batch_size, perm_bytes = b * 8, chosen_bytes = 8;
-  auto host = at::empty({perm_bytes + chosen_bytes + b * 4},
+  const int64_t b = batch_size, perm_bytes = b * 8, scalar_bytes = 16;
+  auto host = at::empty({perm_bytes + scalar_bytes + b * 4},
                         at::TensorOptions().dtype(at::kByte).pinned_memory(device.is_cuda()));
   uint8_t* bytes = host.mutable_data_ptr<uint8_t>();
   auto* perm = reinterpret_cast<int64_t*>(bytes);
   auto* chosen = reinterpret_cast<int64_t*>(bytes + perm_bytes);
-  auto* lam = reinterpret_cast<float*>(bytes + perm_bytes + chosen_bytes);
+  auto* key = chosen + 1;
+  auto* lam = reinterpret_cast<float*>(bytes + perm_bytes + scalar_bytes);
   const int64_t candidates = num_points() + (options_.input_mixup ? 1 : 0);
   bool skipped = false;
   {
@@ -129,6 +140,7 @@ void Mixer::draw_batch(int64_t batch_size, at::Device device) {
       skipped = !(at::uniform_real_distribution<double>(0.0, 1.0)(gen) < options_.prob);
     for (int64_t i = 0; i < b; ++i) perm[i] = i;
     *chosen = kNoPoint;
+    *key = 0;
     if (skipped) {
       std::fill(lam, lam + b, 1.f);
     } else {
@@ -140,6 +152,7 @@ void Mixer::draw_batch(int64_t batch_size, at::Device device) {
       if (alpha_ > 0 && candidates > 0) {
         const int64_t pick = at::uniform_int_from_to_distribution<int64_t>(candidates, 0)(gen);
         *chosen = pick < num_points() ? pick : kInputPoint;
+        if (patchup()) *key = static_cast<int64_t>(gen->random64());
       }
     }
   }
@@ -147,14 +160,15 @@ void Mixer::draw_batch(int64_t batch_size, at::Device device) {
   chosen_ = *chosen;
   const auto on_device = device.is_cpu() ? host : host.to(device, /*non_blocking=*/true);
   perm_ = on_device.narrow(0, 0, perm_bytes).view(at::kLong);
-  chosen_tensor_ = on_device.narrow(0, perm_bytes, chosen_bytes).view(at::kLong).squeeze(0);
-  lam_ = on_device.narrow(0, perm_bytes + chosen_bytes, b * 4).view(at::kFloat);
+  chosen_tensor_ = on_device.narrow(0, perm_bytes, 8).view(at::kLong).squeeze(0);
+  key_ = on_device.narrow(0, perm_bytes + 8, 8).view(at::kLong).squeeze(0);
+  lam_ = on_device.narrow(0, perm_bytes + scalar_bytes, b * 4).view(at::kFloat);
   weights_ = lam_;
 }
 
 void Mixer::draw_weights(float* lam, int64_t b, at::CPUGeneratorImpl* gen) const {
-  if (alpha_ == 0) {
-    std::fill(lam, lam + b, 1.f);
+  if (alpha_ == 0 || options_.method == Method::PatchUpHard) {
+    std::fill(lam, lam + b, alpha_ == 0 ? 1.f : 0.f);
     return;
   }
   const int64_t draws = options_.lam_mode == LamMode::Sample ? b : 1;
@@ -187,15 +201,27 @@ void Mixer::check_batch_tensor(const at::Tensor& t, const char* what) const {
               lam_.device(), "), got ", t.device());
 }
 
-at::Tensor Mixer::mix(const at::Tensor& t) const {
-  check_batch_tensor(t, "mix");
-  return manifold_mixup::mix(t, perm_, lam_);
+std::tuple<at::Tensor, at::Tensor> Mixer::apply(const at::Tensor& t, const char* what) const {
+  check_batch_tensor(t, what);
+  if (!patchup()) return {manifold_mixup::mix(t, perm_, lam_), at::Tensor()};
+  MM_CHECK_ARG(t.dim() == 4, what, ": the method is PatchUp, which mixes feature maps [B, C, H, W], ",
+               "got a tensor of shape ", t.sizes());
+  return manifold_mixup::patchup(t, perm_, lam_, key_, options_.patchup_block, options_.patchup_gamma);
 }
+
+void Mixer::record_mask(const at::Tensor& mask) {
+  if (!patchup()) return;
+  const auto changed = mask.to(at::kFloat).mean();
+  weights_ = 1 - changed * (1 - lam_);
+}
+
+at::Tensor Mixer::mix(const at::Tensor& t) const { return std::get<0>(apply(t, "mix")); }
 
 at::Tensor Mixer::mix_input(const at::Tensor& x) {
   check_in_batch("mix_input");
   if (chosen_ != kInputPoint) return x;
-  auto out = mix(x);
+  auto [out, mask] = apply(x, "mix_input");
+  record_mask(mask);
   if (!input_mixed_) ++input_mixes_;
   input_mixed_ = true;
   return out;
@@ -222,18 +248,23 @@ at::Tensor Mixer::point_output(int64_t point, const at::Tensor& out) {
     ++repeated_calls_;
     return out;
   }
-  auto mixed = mix(out);
+  auto [mixed, mask] = apply(out, "point_output");
+  record_mask(mask);
   count_point_mix(point);
   return mixed;
 }
 
-void Mixer::record_point_mixed(int64_t point, int64_t calls) {
+void Mixer::record_point_mixed(int64_t point, int64_t calls, const at::Tensor& mask) {
   check_in_batch("record_point_mixed");
   MM_CHECK_STATE(point == chosen_ && point >= 0, "record_point_mixed: point ", point,
               " is not the batch's chosen point (", chosen_, ")");
   MM_CHECK_ARG(calls >= 1, "record_point_mixed: calls must be >= 1 (the mixed call), got ", calls);
   MM_CHECK_STATE(!fired_[point], "record_point_mixed: point ", point, " has already mixed in this ",
                  "forward (call begin_forward before the next one)");
+  MM_CHECK_ARG(!patchup() || (mask.defined() && mask.dim() == 3 && mask.device() == lam_.device()),
+               "record_point_mixed: the method is PatchUp: pass the mask [C, H, W] the patchup op ",
+               "returned (it weighs the targets), on the batch's device");
+  record_mask(mask);
   count_point_mix(point);
   repeated_calls_ += calls - 1;
 }

@@ -31,6 +31,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -48,6 +49,13 @@ enum class LamMode : int {
   Batch,   // one for the whole batch, shared by its samples (the paper's code)
 };
 
+// What mixing does at the drawn point.
+enum class Method : int {
+  Mixup,        // lam[i] h[i] + (1 - lam[i]) h[perm[i]] over the whole output
+  PatchUpSoft,  // that mix inside the batch's block mask only, at feature maps [B, C, H, W]
+  PatchUpHard,  // h[perm[i]] inside the blocks (the blocks are swapped): lam is 0 there
+};
+
 struct MixerOptions {
   double alpha = 0.4;          // Beta(alpha, alpha); 0 means no mixing
   bool input_mixup = true;     // the input is one of the candidate points
@@ -56,6 +64,9 @@ struct MixerOptions {
   LamMode lam_mode = LamMode::Sample;
   bool fold = true;            // lam folded to max(lam, 1 - lam): each sample keeps the larger share
   double prob = 1.0;           // probability in [0, 1] that a batch mixes at all (timm's prob)
+  Method method = Method::Mixup;
+  int64_t patchup_block = 7;   // PatchUp: the blocks' side (odd), as the authors' block_size
+  double patchup_gamma = 0.9;  // PatchUp: the authors' gamma in [0, 1] (see ops/patchup.h)
 };
 
 // How a mixed classification loss weighs, ignores and reduces, as torch's cross_entropy and
@@ -90,6 +101,8 @@ class Mixer {
   LamMode lam_mode() const { return options_.lam_mode; }
   bool fold() const { return options_.fold; }
   double prob() const { return options_.prob; }
+  Method method() const { return options_.method; }
+  bool patchup() const { return options_.method != Method::Mixup; }
   const MixerOptions& options() const { return options_; }
   // Sets alpha from the schedule after `step` batches (no-op without a schedule). Alpha moves
   // only here: begin_batch does not advance the schedule.
@@ -113,18 +126,26 @@ class Mixer {
   int64_t chosen() const { return chosen_; }
   int64_t batch_size() const { return batch_size_; }
   // The batch's weights (float32, [B]) and permutation (int64, [B]), on the batch's device: what
-  // the mixing of activations uses. A batch that does not mix has lam all 1 and perm the
-  // identity when it was skipped by prob.
+  // the mixing of activations uses (inside the blocks for PatchUp; all 0 for hard PatchUp, whose
+  // blocks are swapped). A batch that does not mix has lam all 1, and perm the identity when it
+  // was skipped by prob.
   const at::Tensor& lam() const { return lam_; }
   const at::Tensor& perm() const { return perm_; }
   // The weight of each sample's own target in the mixed losses and mix_targets (float32, [B],
-  // the batch's device): lam itself, unless the batch's method weighs targets otherwise.
+  // the batch's device): lam, except for PatchUp, after the forward mixed:
+  //   1 - changed * (1 - lam[i]),  changed = the fraction of features in the blocks
+  // (soft: unchanged + lam * changed; hard: the unchanged fraction), as the authors' loss
+  // weighs the two targets (docs/family.md).
   const at::Tensor& target_weights() const { return weights_; }
+  // The batch's Philox key (0-d int64 on the batch's device) for PatchUp's mask.
+  const at::Tensor& key() const { return key_; }
   // chosen() as a 0-d int64 tensor on the batch's device (copied with lam and perm): what a
   // compiled graph reads, so that one graph serves every draw.
   const at::Tensor& chosen_tensor() const { return chosen_tensor_; }
 
-  // lam[i] * t[i] + (1 - lam[i]) * t[perm[i]], whatever the chosen point. Differentiable.
+  // t mixed by the batch's method, whatever the chosen point: lam[i] * t[i] + (1 - lam[i]) *
+  // t[perm[i]], or PatchUp's mix of feature maps [B, C, H, W] (ArgumentError for other shapes).
+  // Differentiable. The target weights are not touched (see mix_input and point_output).
   at::Tensor mix(const at::Tensor& t) const;
   // The input when it is the chosen point mixed (and counted), otherwise `x` unchanged.
   at::Tensor mix_input(const at::Tensor& x);
@@ -135,10 +156,12 @@ class Mixer {
   // What a mixup point returns: `out` mixed if this point is chosen and has not run yet in this
   // forward; otherwise `out` unchanged (a repeated call is counted, see repeated_calls()).
   at::Tensor point_output(int64_t point, const at::Tensor& out);
-  // For a point that mixes the chosen point's output itself (mix(out, perm(), lam()) from code a
-  // compiler traces, which cannot call back here): the chosen `point` ran `calls` >= 1 times in
-  // this forward and its first output was mixed. Call at most once per forward, after it.
-  void record_point_mixed(int64_t point, int64_t calls);
+  // For a point that mixes the chosen point's output itself (mix(out, perm(), lam()), or
+  // patchup(out, perm(), lam(), key(), ...) from code a compiler traces, which cannot call back
+  // here): the chosen `point` ran `calls` >= 1 times in this forward and its first output was
+  // mixed; for PatchUp, `mask` is the mask the op returned (required), which sets the target
+  // weights. Call at most once per forward, after it.
+  void record_point_mixed(int64_t point, int64_t calls, const at::Tensor& mask = {});
   // Whether the latest forward of this batch mixed: the input was mixed by mix_input, or the
   // chosen point's output by point_output / record_point_mixed in this forward. False before the
   // forward, and when the chosen point did not run in it.
@@ -194,6 +217,10 @@ class Mixer {
   void draw_weights(float* lam, int64_t b, at::CPUGeneratorImpl* gen) const;
   // Marks the chosen `point` mixed in this forward (and counts it once per batch).
   void count_point_mix(int64_t point);
+  // t mixed by the batch's method, and PatchUp's mask (undefined for Mixup).
+  std::tuple<at::Tensor, at::Tensor> apply(const at::Tensor& t, const char* what) const;
+  // The target weights of a forward that mixed with PatchUp's `mask`.
+  void record_mask(const at::Tensor& mask);
 
   MixerOptions options_;
   double alpha_;
@@ -212,6 +239,7 @@ class Mixer {
   int64_t batch_size_ = 0;
   at::Tensor lam_, perm_, chosen_tensor_;
   at::Tensor weights_;  // target_weights()
+  at::Tensor key_;
 };
 
 }  // namespace manifold_mixup

@@ -13,7 +13,8 @@ from fastai.learner import Learner
 from fastai.callback.mixup import MixHandler
 from fastai.callback.schedule import SchedCos
 
-from .mixers import ManifoldMixer, OutputMixer, check_alpha, check_flag, mixing_settings
+from .mixers import (ManifoldMixer, OutputMixer, check_alpha, check_flag, mixing_settings,
+                     patchup_settings)
 
 __all__ = ["ManifoldMixup", "OutputMixup", "DynamicManifoldMixup", "DynamicOutputMixup"]
 
@@ -185,8 +186,13 @@ class ManifoldMixup(_MixupCallback):
                  verbose: bool = True,  # say once which modules were selected (rank 0)
                  lam_mode: str = "sample",  # one lam per sample, or "batch": one per batch (the paper's code)
                  fold: bool = True,  # lam folded to max(lam, 1 - lam); False: as drawn (the paper's code)
-                 prob: float = 1.0):  # probability that a batch mixes at all
-        super().__init__(alpha, verbose, mixing_settings(lam_mode, fold, prob))
+                 prob: float = 1.0,  # probability that a batch mixes at all
+                 patchup=None,  # "soft" or "hard": PatchUp's block mixing of feature maps
+                 patchup_block: int = 7,  # PatchUp's block size (odd)
+                 patchup_gamma: float = 0.9):  # PatchUp's gamma (how much of a map is altered)
+        settings = dict(mixing_settings(lam_mode, fold, prob),
+                        **patchup_settings(patchup, patchup_block, patchup_gamma))
+        super().__init__(alpha, verbose, settings)
         self.use_input_mixup = check_flag(use_input_mixup, "use_input_mixup")
         if module_list is not None and not isinstance(module_list, nn.Module):
             module_list = list(module_list)

@@ -58,6 +58,18 @@ def mixing_settings(lam_mode="sample", fold=True, prob=1.0):
                 prob=check_probability(prob, "prob"))
 
 
+def patchup_settings(patchup=None, patchup_block=7, patchup_gamma=0.9):
+    "PatchUp's keyword arguments of the native Mixer, checked and named in Python's terms."
+    if patchup not in (None, "soft", "hard"):
+        raise ValueError(f"patchup must be None (mixup), 'soft' or 'hard', got {patchup!r}")
+    if isinstance(patchup_block, bool) or not isinstance(patchup_block, numbers.Integral) \
+            or patchup_block < 1 or patchup_block % 2 == 0:
+        raise ValueError(f"patchup_block must be an odd int >= 1 (the block is centred on a "
+                         f"feature), got {patchup_block!r}")
+    return dict(patchup=patchup, patchup_block=int(patchup_block),
+                patchup_gamma=check_probability(patchup_gamma, "patchup_gamma"))
+
+
 def _check_seed(seed):
     if seed is None:
         return None
@@ -120,6 +132,12 @@ class ManifoldMixer:
             code).
         prob: the probability that a batch mixes at all (timm's ``prob``); a batch left
             unmixed trains plainly and is counted in ``mixer.skipped_batches``.
+        patchup: None mixes whole outputs; ``"soft"`` or ``"hard"`` is PatchUp (Faramarzi et
+            al.): only blocks of feature maps ``[B, C, H, W]`` are mixed (soft) or swapped
+            (hard), the loss weighs the targets by the blocks' area, and points whose output
+            is not a feature map (and a non-image input) are left out with a line.
+        patchup_block, patchup_gamma: PatchUp's block size (odd) and gamma, as the authors'
+            ``block_size`` and ``gamma`` (see docs/family.md).
 
     The points live as long as the mixer (until ``remove()``): inside ``batch()`` every
     training-mode forward of the model mixes at the drawn point with the batch's lam and perm
@@ -139,12 +157,14 @@ class ManifoldMixer:
     NEVER_RAN_BATCHES = 20
 
     def __init__(self, model: nn.Module, alpha=0.4, modules=None, input_mixup: bool = True,
-                 seed=None, verbose=True, *, lam_mode="sample", fold=True, prob=1.0):
+                 seed=None, verbose=True, *, lam_mode="sample", fold=True, prob=1.0,
+                 patchup=None, patchup_block=7, patchup_gamma=0.9):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         alpha = check_alpha(alpha)
         check_flag(input_mixup, "input_mixup")
-        settings = mixing_settings(lam_mode, fold, prob)
+        settings = dict(mixing_settings(lam_mode, fold, prob),
+                        **patchup_settings(patchup, patchup_block, patchup_gamma))
         _refuse_data_parallel_over_devices(model)
         self._say, self._verbose = _logger(verbose), verbose not in (False, None)
         self.model, self._root = model, unwrap_model(model)
@@ -157,7 +177,8 @@ class ManifoldMixer:
         for m in selected:
             self.mixer.add_point(names.get(id(m)) or type(m).__name__)
         fields = [m.field if isinstance(m, ManifoldMixupModule) else None for m in selected]
-        self._points = Points(self._root, selected, fields)
+        method = {k: self.mixer.settings[k] for k in ("patchup", "patchup_block", "patchup_gamma")}
+        self._points = Points(self._root, selected, fields, method)
         self._state = self._points.state
         self._active = self._begun = self._removed = False
         self._synced = None
@@ -298,22 +319,26 @@ class ManifoldMixer:
     def _arm(self, chosen):
         state = self._state
         state.chosen, state.chosen_t = chosen, self.mixer.chosen_tensor
-        state.lam, state.perm = self.mixer.lam, self.mixer.perm
+        state.lam, state.perm, state.key = self.mixer.lam, self.mixer.perm, self.mixer.key
         # A forward that does not go through the root model's own call still has a record.
         state.forward = ForwardRecord(state.n_points)
         self._first_record, self._synced = state.forward, None
         state.armed = True
 
     def _check_input(self, inputs):
-        "Once: integer inputs (tabular categories) cannot be mixed; leave the input out."
+        """Once: integer inputs (tabular categories) cannot be mixed, nor by PatchUp anything
+        but images [B, C, H, W]; leave the input out."""
         self._input_checked = True
         floating = all(isinstance(x, torch.Tensor) and torch.is_floating_point(x) for x in inputs)
-        if self.mixer.input_mixup and not floating:
+        images = all(isinstance(x, torch.Tensor) and x.dim() == 4 for x in inputs)
+        why = ("not all floating tensors (e.g. tabular categories or token ids)" if not floating
+               else "not all images [B, C, H, W], which PatchUp needs"
+               if self.mixer.patchup is not None and not images else None)
+        if self.mixer.input_mixup and why:
             self.mixer.input_mixup = False
             if self._verbose and _rank() == 0:
-                warnings.warn("ManifoldMixup: the batch input is not all floating tensors "
-                              "(e.g. tabular categories or token ids), so the input is left out of "
-                              "the mixup points; the modules are still mixed.", stacklevel=4)
+                warnings.warn(f"ManifoldMixup: the batch input is {why}, so the input is left out "
+                              "of the mixup points; the modules are still mixed.", stacklevel=4)
 
     def _sync(self):
         "Hands the latest forward's record to the native Mixer, once per forward."
@@ -327,7 +352,7 @@ class ManifoldMixer:
             self._ran_ever[i] = self._ran_ever[i] or ran
         chosen = self.mixer.chosen
         if chosen >= 0 and record.ran[chosen] and record.unmixable[chosen] is None:
-            self.mixer.record_point_mixed(chosen, 1 + record.repeats[chosen])
+            self.mixer.record_point_mixed(chosen, 1 + record.repeats[chosen], record.masks[chosen])
 
     def _end(self, completed):
         self._state.armed = False

@@ -1215,6 +1215,86 @@ done:
   mm_mixer_destroy(mixer);
 }
 
+/* Hard PatchUp on the resnet's blocks: the targets weigh the unchanged fraction of the maps (the
+ * same for every sample, in (0, 1) when a block mixed, lam all 0); the logits are no feature map,
+ * so a point there makes the forward fail; bad settings are refused. */
+static void test_patchup(void) {
+  mm_mixer_config cfg;
+  mm_mixer* mixer = NULL;
+  mm_module* mod = NULL;
+  mm_hook* hook = NULL;
+  mm_tensor *x = NULL, *y = make_targets(), *out = NULL, *loss = NULL, *w_t = NULL, *lam_t = NULL;
+  const char* names[] = {"layer1.1", "layer2.1"};
+  const char* logits[] = {"fc"};
+  float img[B * 8 * 8], w[B], lam[B];
+  int64_t shape[4] = {B, 1, 8, 8}, chosen = 0;
+  int i, step, mixed_at_blocks = 0;
+  for (i = 0; i < B * 8 * 8; ++i) img[i] = (float)cos(0.37 * (double)i);
+  CHECK(y);
+  CHECK_OK(mm_tensor_from_host(img, MM_FLOAT32, shape, 4, &x));
+  mm_mixer_config_init(&cfg, sizeof cfg);
+  CHECK(cfg.method == MM_METHOD_MIXUP && cfg.patchup_block == 0 && cfg.patchup_gamma == 0.0);
+  cfg.alpha = 2.0;
+  cfg.input_mixup = 0;
+  cfg.has_seed = 1;
+  cfg.seed = 11;
+  cfg.method = MM_METHOD_PATCHUP_HARD;
+  cfg.patchup_block = 3;
+  cfg.patchup_gamma = 0.5;
+  CHECK_OK(mm_mixer_create(&cfg, &mixer));
+  CHECK_OK(mm_module_load(model_path("resnet"), &mod));
+  CHECK_OK(mm_hook_install(mixer, mod, names, 2, &hook));
+  for (step = 0; step < 6; ++step) {
+    CHECK_OK(mm_batch_begin(mixer, B, &chosen));
+    CHECK_OK(mm_forward(mixer, mod, x, &out));
+    CHECK_OK(mm_mixed_cross_entropy(mixer, out, y, &loss));
+    CHECK_OK(mm_backward(loss));
+    CHECK_OK(mm_batch_target_weights(mixer, &w_t));
+    CHECK_OK(mm_batch_weights(mixer, &lam_t, NULL));
+    CHECK_OK(mm_tensor_to_host(w_t, w, sizeof w));
+    CHECK_OK(mm_tensor_to_host(lam_t, lam, sizeof lam));
+    for (i = 0; i < B; ++i) CHECK(lam[i] == 0.0f && w[i] == w[0]);
+    CHECK(w[0] > 0.0f && w[0] < 1.0f);
+    mixed_at_blocks += chosen >= 0;
+    CHECK_OK(mm_batch_end(mixer));
+    mm_tensor_destroy(out);
+    mm_tensor_destroy(loss);
+    mm_tensor_destroy(w_t);
+    mm_tensor_destroy(lam_t);
+    out = loss = w_t = lam_t = NULL;
+  }
+  CHECK(mixed_at_blocks == 6);
+  CHECK_STATUS(mm_batch_target_weights(mixer, &w_t), MM_ERR_STATE); /* no batch */
+  CHECK_OK(mm_hook_remove(hook));
+  hook = NULL;
+  CHECK_OK(mm_hook_install(mixer, mod, logits, 1, &hook));
+  CHECK_OK(mm_batch_begin(mixer, B, &chosen));
+  CHECK(chosen == 0);
+  CHECK_STATUS(mm_forward(mixer, mod, x, &out), MM_ERR_TORCH); /* raised inside TorchScript */
+  CHECK_MSG("PatchUp");
+  CHECK(out == NULL);
+  CHECK_OK(mm_batch_end(mixer));
+  mm_mixer_destroy(mixer);
+  mixer = NULL;
+  cfg.patchup_block = 4;
+  CHECK_STATUS(mm_mixer_create(&cfg, &mixer), MM_ERR_ARG);
+  CHECK_MSG("patchup_block");
+  cfg.patchup_block = 3;
+  cfg.method = (mm_method)9;
+  CHECK_STATUS(mm_mixer_create(&cfg, &mixer), MM_ERR_ARG);
+  CHECK_MSG("method");
+done:
+  mm_hook_remove(hook);
+  mm_module_destroy(mod);
+  mm_mixer_destroy(mixer);
+  mm_tensor_destroy(x);
+  mm_tensor_destroy(y);
+  mm_tensor_destroy(out);
+  mm_tensor_destroy(loss);
+  mm_tensor_destroy(w_t);
+  mm_tensor_destroy(lam_t);
+}
+
 struct test_case {
   const char* name;
   void (*fn)(void);
@@ -1312,6 +1392,7 @@ int main(int argc, char** argv) {
       {"handles_after_destroy", test_handles_after_destroy},
       {"alpha_moves_only_with_set_step", test_alpha_moves_only_with_set_step},
       {"lambda_modes_and_skip_prob", test_lambda_modes_and_skip_prob},
+      {"patchup", test_patchup},
   };
   int failures = 0, run = 0, a;
   size_t i;

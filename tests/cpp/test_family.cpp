@@ -4,10 +4,12 @@
 
 #include "errors.h"
 #include "mixer.h"
+#include "ops/patchup.h"
 
 namespace {
 
 using manifold_mixup::LamMode;
+using manifold_mixup::Method;
 using manifold_mixup::Mixer;
 using manifold_mixup::MixerOptions;
 
@@ -87,6 +89,57 @@ TEST(Prob, OneTakesNoExtraDrawAndBadValuesAreRefused) {
     o.prob = bad;
     EXPECT_THROW(Mixer{o}, manifold_mixup::ArgumentError) << bad;
   }
+}
+
+TEST(PatchUp, AKeyDrawsOneMaskWhateverTheBatchAndTheOpIsTheBlendInsideIt) {
+  const auto x = torch::randn({3, 2, 9, 9});
+  const auto perm = torch::tensor({2, 0, 1}), lam = torch::tensor({0.25f, 0.5f, 1.f});
+  const auto [out, mask] = manifold_mixup::patchup(x, perm, lam, torch::tensor(int64_t{77}), 3, 0.9);
+  const auto [out2, mask2] = manifold_mixup::patchup(x * 2, perm, lam, torch::tensor(int64_t{77}), 3, 0.9);
+  const auto [out3, mask3] = manifold_mixup::patchup(x, perm, lam, torch::tensor(int64_t{78}), 3, 0.9);
+  EXPECT_TRUE(torch::equal(mask, mask2));
+  EXPECT_FALSE(torch::equal(mask, mask3));
+  EXPECT_EQ(mask.sizes(), torch::IntArrayRef({2, 9, 9}));
+  const auto l = lam.view({3, 1, 1, 1});
+  EXPECT_TRUE(torch::allclose(out, (1 - mask) * x + mask * (l * x + (1 - l) * x.index_select(0, perm))));
+  EXPECT_TRUE(torch::equal(out[2], x[2]));  // lam 1: a copy
+}
+
+TEST(PatchUp, TheMixerWeighsTargetsByTheBlocksAndRefusesWhatIsNoFeatureMap) {
+  for (Method method : {Method::PatchUpSoft, Method::PatchUpHard}) {
+    MixerOptions o = options(2.0, 6);
+    o.method = method;
+    o.patchup_block = 3;
+    Mixer m(o);
+    m.add_point("conv");
+    m.begin_batch(4, torch::kCPU);
+    const auto h = torch::randn({4, 3, 6, 6});
+    EXPECT_TRUE(torch::equal(m.target_weights(), m.lam()));  // before the forward
+    const auto out = m.point_output(0, h);
+    const auto [again, mask] =
+        manifold_mixup::patchup(h, m.perm(), m.lam(), m.key(), o.patchup_block, o.patchup_gamma);
+    EXPECT_TRUE(torch::equal(out, again));  // the batch's key: the same mask each forward
+    EXPECT_TRUE(torch::allclose(m.target_weights(), 1 - mask.mean() * (1 - m.lam())));
+    if (method == Method::PatchUpHard) EXPECT_TRUE(torch::equal(m.lam(), torch::zeros({4})));
+    const auto logits = torch::randn({4, 5}, torch::requires_grad());
+    const auto y = torch::tensor({0, 1, 2, 3});
+    const auto w = m.target_weights();
+    EXPECT_TRUE(torch::allclose(
+        m.mixed_cross_entropy(logits, y),
+        w * torch::cross_entropy_loss(logits, y, {}, at::Reduction::None) +
+            (1 - w) * torch::cross_entropy_loss(logits, y.index_select(0, m.perm()), {}, at::Reduction::None)));
+    m.begin_forward();
+    EXPECT_THROW(m.point_output(0, torch::randn({4, 3})), manifold_mixup::ArgumentError);
+    EXPECT_THROW(m.record_point_mixed(0, 1), manifold_mixup::ArgumentError);  // no mask
+    m.end_batch();
+  }
+  MixerOptions bad = options(1.0, 7);
+  bad.method = Method::PatchUpSoft;
+  bad.patchup_block = 2;
+  EXPECT_THROW(Mixer{bad}, manifold_mixup::ArgumentError);
+  bad.patchup_block = 3;
+  bad.patchup_gamma = 2;
+  EXPECT_THROW(Mixer{bad}, manifold_mixup::ArgumentError);
 }
 
 }  // namespace

@@ -167,6 +167,8 @@ def test_the_fastai_callbacks_take_the_settings():
     for mixing in (ManifoldMixup(alpha=2.0, lam_mode="batch", fold=False, prob=0.5, verbose=False),
                    DynamicManifoldMixup(alpha_min=0.5, alpha_max=2.0, lam_mode="batch", prob=0.5,
                                         verbose=False),
+                   ManifoldMixup(alpha=2.0, lam_mode="batch", prob=0.5, patchup="hard",
+                                 patchup_block=3, verbose=False),
                    OutputMixup(alpha=2.0, lam_mode="batch", fold=False, prob=0.5)):
         set_seed(0)
         spy = Spy(mixing)
@@ -184,3 +186,199 @@ def test_the_fastai_callbacks_take_the_settings():
         assert all(not mixed and torch.equal(lam, torch.ones_like(lam)) for _, lam, mixed in skipped)
         for chosen, lam, mixed in spy.seen:
             assert torch.equal(lam, lam[:1].expand_as(lam))  # one lam per batch
+
+
+# -- PatchUp (Faramarzi et al.; chandar-lab/PatchUp) ---------------------------------------------
+
+def philox_first_words(key, counters):
+    """The first 32-bit word of Philox4x32-10 at `counters` (subsequence, offset 0), as
+    at::Philox4_32 computes it: the centres' draws, written again here to check them."""
+    m32 = (1 << 32) - 1
+    key &= (1 << 64) - 1
+    c0 = torch.zeros_like(counters)
+    c1 = torch.zeros_like(counters)
+    c2, c3 = counters & m32, counters >> 32
+    k0, k1 = key & m32, key >> 32
+    for r in range(10):
+        p0, p1 = c0 * 0xD2511F53, c2 * 0xCD9E8D57  # 32 x 32 bits: exact in int64 as unsigned
+        hi0, lo0 = (p0 >> 32) & m32, p0 & m32
+        hi1, lo1 = (p1 >> 32) & m32, p1 & m32
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0, k1 = (k0 + 0x9E3779B9) & m32, (k1 + 0xBB67AE85) & m32
+    return c0
+
+
+def test_the_reference_philox_is_random123s():
+    # Random123's known answer for philox4x32_10, counter 0 and key 0: first word 0x6627e8d5.
+    assert philox_first_words(0, torch.zeros(1, dtype=torch.int64)).item() == 0x6627E8D5
+
+
+def papers_mask(key, shape, block, gamma):
+    """PatchUp's holes as the authors' code makes them from its Bernoulli centres:
+    F.max_pool2d(m, block, stride 1, padding block // 2) with gamma adjusted by adjust_gamma
+    (here for H != W too); the centres are Philox draws below p * 2^32."""
+    c, h, w = shape
+    k = min(block, h, w)
+    k -= 1 - k % 2
+    p = min(1.0, gamma * h * w / (k ** 2 * (h - k + 1) * (w - k + 1)))
+    draws = philox_first_words(key, torch.arange(c * h * w, dtype=torch.int64))
+    centres = (draws < int(p * 2 ** 32)).double().view(1, c, h, w)
+    return F.max_pool2d(centres, k, 1, k // 2)[0], centres, p
+
+
+def papers_patchup(x, perm, lam, holes, hard):
+    "The authors' combining step: unchanged + patches, patches mixed (soft) or swapped (hard)."
+    x = x.double()
+    patches = holes * x
+    patches = patches[perm] if hard else patches * lam.view(-1, 1, 1, 1) + patches[perm] * (1 - lam.view(-1, 1, 1, 1))
+    return (1 - holes) * x + patches
+
+
+@pytest.mark.parametrize("shape, block", [((4, 3, 9, 9), 3), ((5, 2, 7, 11), 5), ((3, 4, 4, 6), 7),
+                                          ((2, 16, 32, 32), 7)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_patchup_op_is_the_papers_expression(shape, block, dtype):
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(shape, generator=g).to(dtype)
+    perm = torch.randperm(shape[0], generator=g)
+    lam = torch.rand(shape[0], generator=g)
+    lam[0] = 1.0  # a row that does not mix is a copy
+    for key, gamma, hard in ((12345, 0.9, False), (-7, 0.5, True), (2 ** 40 + 3, 0.75, False)):
+        weights = torch.zeros_like(lam) if hard else lam
+        out, mask = torch.ops.manifold_mixup.patchup(x, perm, weights, torch.tensor(key), block, gamma)
+        holes, centres, p = papers_mask(key, shape[1:], block, gamma)
+        assert torch.equal(mask.double(), holes) and mask.dtype == dtype
+        assert 0 < holes.mean() < 1
+        tol = {torch.bfloat16: 1e-2}.get(dtype, 1e-6)
+        torch.testing.assert_close(out.double(), papers_patchup(x, perm, weights, holes, hard),
+                                   rtol=tol, atol=tol)
+        if not hard:
+            assert torch.equal(out[0], x[0])
+    # the centres are Bernoulli(p): on 16 x 32 x 32 features, within 4 standard deviations
+    if shape[1:] == (16, 32, 32):
+        n = centres.numel()
+        assert abs(centres.mean().item() - p) < 4 * (p * (1 - p) / n) ** 0.5
+
+
+def test_patchup_opcheck_gradcheck_and_refusals():
+    from torch.library import opcheck
+    g = torch.Generator().manual_seed(0)
+    op = torch.ops.manifold_mixup.patchup.default
+    perm, key = torch.tensor([2, 0, 3, 1]), torch.tensor(99)
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        x = torch.randn(4, 3, 5, 6, generator=g).to(dtype)
+        for xg, lg in ((False, False), (True, False), (True, True)):
+            opcheck(op, (x.clone().requires_grad_(xg), perm,
+                         torch.rand(4, generator=g).to(dtype if lg else torch.float32).requires_grad_(lg),
+                         key, 3, 0.8))
+    x = torch.randn(4, 2, 5, 5, dtype=torch.float64, requires_grad=True)
+    lam = torch.rand(4, dtype=torch.float64, requires_grad=True)
+    fn = lambda a, l: op(a, perm, l, key, 3, 0.7)[0]  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, lam))
+    assert torch.autograd.gradgradcheck(fn, (x, lam))
+    good = (torch.randn(4, 2, 5, 5), perm, torch.rand(4), key, 3, 0.5)
+    for i, bad, words in ((0, torch.randn(4, 10), "x must be"), (1, perm.int(), "perm must"),
+                          (2, torch.rand(3), "lam must"), (3, torch.tensor([1, 2]), "key must"),
+                          (4, 4, "block_size must be an odd"), (5, 1.5, "gamma")):
+        args = list(good)
+        args[i] = bad
+        with pytest.raises(RuntimeError, match=words):
+            op(*args)
+    with pytest.raises(RuntimeError, match=r"perm must hold indices"):
+        op(good[0], torch.tensor([0, 1, 2, 9]), *good[2:])
+
+
+def papers_patchup_loss(out, y, perm, lam, changed, hard, classes=3):
+    """main.py's PatchUp loss (loss_alpha = loss_beta = 1): BCE of the softmax against
+    target_a weighted by the unchanged portion, target_b by the changed one, plus BCE against
+    target_reweighted."""
+    bce, p = nn.BCELoss(), F.softmax(out, 1)
+    a = F.one_hot(y, classes).double()
+    shuffled = a[perm]
+    unchanged = 1 - changed
+    if hard:
+        reweighted, b = unchanged * a + changed * shuffled, shuffled
+    else:
+        reweighted = unchanged * a + lam * changed * a + shuffled * (1 - lam) * changed
+        b = lam * a + (1 - lam) * shuffled
+    return bce(p, a) * unchanged + bce(p, b) * (1 - unchanged) + bce(p, reweighted)
+
+
+@pytest.mark.parametrize("mode", ["soft", "hard"])
+def test_patchup_mixes_and_weighs_the_loss_as_the_papers_code(mode):
+    """At a feature map the mixer's forward is the authors' PatchUp with the batch's mask, and
+    the target weight w it gives the loss is the authors': their loss is exactly twice the BCE of
+    the softmax against w y + (1 - w) y[perm] (BCE is linear in the target), and ours is the
+    user's loss against the same mixture (docs/family.md says why the factor 2 goes)."""
+    model = paper_model()
+    mm = ManifoldMixer(model, alpha=2.0, modules=[model[1], model[2]], lam_mode="batch",
+                       fold=False, patchup=mode, patchup_block=3, patchup_gamma=0.6, seed=2,
+                       input_mixup=False, verbose=False)
+    x, y = torch.randn(6, 1, 7, 7, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2])
+    model.double()
+    for _ in range(6):
+        with mm.batch(x) as xb:
+            out = model(xb)
+            loss = mm.loss(F.cross_entropy, out, y)
+            k, lam, perm, key = mm.mixer.chosen, mm.mixer.lam, mm.mixer.perm, mm.mixer.key
+            w = mm.mixer.target_weights
+        with torch.no_grad():
+            h = model[0](x)
+            for i in (1, 2):
+                h = model[i](h)
+                if k == i - 1:
+                    holes = papers_mask(key.item(), h.shape[1:], 3, 0.6)[0]
+                    h = papers_patchup(h, perm, lam.double(), holes, mode == "hard")
+            ref = model[5](model[4](model[3](h)))
+        torch.testing.assert_close(out, ref)
+        changed = holes.mean().item()
+        assert torch.equal(lam, torch.zeros(6) if mode == "hard" else lam[:1].expand(6))
+        torch.testing.assert_close(w.double(), 1 - changed * (1 - lam.double()))
+        target = F.one_hot(y, 3).double()
+        mixture = w.double().view(-1, 1) * target + (1 - w.double().view(-1, 1)) * target[perm]
+        torch.testing.assert_close(papers_patchup_loss(out, y, perm, lam[0].double(), changed, mode == "hard"),
+                                   2 * nn.BCELoss()(F.softmax(out, 1), mixture))
+        torch.testing.assert_close(loss, F.cross_entropy(out, mixture))
+    mm.remove()
+
+
+def test_patchup_leaves_out_what_is_not_a_feature_map_and_compiles_like_eager():
+    import torch._dynamo as dynamo
+
+    def run(compiled):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), ResBlock(4), nn.Flatten(),
+                              nn.Linear(4 * 25, 8), nn.Linear(8, 3))
+        call = torch.compile(model, backend="aot_eager", fullgraph=True) if compiled else model
+        lines = []
+        mm = ManifoldMixer(call, alpha=1.0, modules=[model[1], model[3]], patchup="soft",
+                           patchup_block=3, seed=4, verbose=lines.append)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        losses = []
+        for step in range(8):
+            g = torch.Generator().manual_seed(step)
+            x, y = torch.randn(6, 1, 5, 5, generator=g), torch.randint(0, 3, (6,), generator=g)
+            with mm.batch(x) as xb:
+                loss = mm.loss(F.cross_entropy, call(xb), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        assert mm.point_names == ["1"] and "not one" in " ".join(lines)  # the Linear's [B, 8]
+        return losses, mm.mixer.point_mixes + [mm.mixer.input_mixes]
+
+    eager = run(False)
+    assert sum(eager[1]) == 8  # every batch mixed, at the block or at the input image
+    dynamo.reset()
+    dynamo.utils.counters.clear()
+    assert run(True) == (pytest.approx(eager[0], rel=1e-5), eager[1])
+    assert not dynamo.utils.counters["graph_break"]
+
+
+def test_patchup_leaves_a_non_image_input_out():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    with pytest.warns(UserWarning, match="PatchUp"):
+        mm = ManifoldMixer(model, patchup="hard", verbose=lambda line: None, modules=[model[0]])
+        with mm.batch(torch.randn(3, 4)):
+            model(torch.randn(3, 4))
+    assert not mm.mixer.input_mixup
