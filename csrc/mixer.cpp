@@ -116,8 +116,8 @@ double beta_draw(double alpha, bool fold, at::CPUGeneratorImpl* gen) {
 
 // A handful of tensor ops per batch cost more than the draws: everything is drawn in one loop
 // on the CPU generator into one host buffer (perm as int64, the chosen point and the Philox key
-// as int64, then lam as float32), moved to the batch's device by one copy, pinned for CUDA so that the copy does
-// not wait for the host. The order of the draws (whether the batch mixes, weights, permutation,
+// as int64, then lam as float32), moved to the batch's device by one copy, pinned for CUDA so
+// that the copy does not wait for the host. The order of the draws (whether the batch mixes, weights, permutation,
 // point, key) is fixed: the same seed gives the same batches. A draw a setting makes pointless is
 // not taken (none for prob 1, one Beta draw per batch in batch mode, none for hard PatchUp, no
 // key for Mixup), so that with the defaults the draws are those of every earlier version.
@@ -158,6 +158,14 @@ void Mixer::draw_batch(int64_t batch_size, at::Device device) {
   }
   if (skipped) ++skipped_batches_;
   chosen_ = *chosen;
+  // Streams: the copy is enqueued on the stream current here (begin_batch's), so lam, perm and
+  // the chosen point are ready in that stream's order, and only there. Every later use on that
+  // stream (the points' mix, the mixed loss, their backward) is ordered after it with no host
+  // sync. A forward on another stream must first wait for this one (other.wait_stream(this),
+  // as for any tensor torch makes on a stream), and if this batch may end while that stream
+  // still reads them, record_stream them for it, as torch asks of every tensor used across
+  // streams. The pinned buffer needs nothing: copy_ records an event for it on this stream, and
+  // the host allocator reuses it only once the copy is done.
   const auto on_device = device.is_cpu() ? host : host.to(device, /*non_blocking=*/true);
   perm_ = on_device.narrow(0, 0, perm_bytes).view(at::kLong);
   chosen_tensor_ = on_device.narrow(0, perm_bytes, 8).view(at::kLong).squeeze(0);
