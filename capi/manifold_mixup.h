@@ -208,6 +208,11 @@ typedef struct mm_mixer_config {
   double skip_prob;     /* probability in [0, 1] that a batch does not mix at all: it draws no
                            weights, no permutation and no point (MM_POINT_NONE) and is counted in
                            mm_mixer_skipped_batches (Python's prob is 1 - skip_prob). Default 0 */
+  double add_noise;     /* Noisy Feature Mixup (Lim et al.), MM_METHOD_MIXUP only: after the mix,
+                           h <- (1 + mult_noise * s_m * U) * h + add_noise * s_a * N, with U
+                           uniform on [-1, 1] and N normal per element and s_m, s_a ~ Beta(2, 5)
+                           per batch, as the authors' code; >= 0. Default 0 (no noise) */
+  double mult_noise;    /* Default 0 */
   mm_method method;     /* Default MM_METHOD_MIXUP. PatchUp (Faramarzi et al.) mixes only
                            outputs [B, C, H, W]: a point or input of another shape makes the
                            forward fail with MM_ERR_TORCH. Hard PatchUp draws no weights (lam is 0
@@ -226,8 +231,8 @@ MM_API mm_status mm_mixer_config_init(mm_mixer_config* config, size_t size);
  * or a nonzero byte beyond the library's struct; alpha negative or not finite; a bad
  * schedule: an unknown kind, alpha_min or alpha_max negative or not finite, total_steps < 1,
  * or alpha_min 0 for the exponential one, which would stay 0; an unknown lam_mode; skip_prob
- * outside [0, 1]; an unknown method, an even or negative patchup_block, patchup_gamma outside
- * [0, 1]). */
+ * outside [0, 1]; add_noise or mult_noise negative or not finite, or set with PatchUp; an unknown
+ * method, an even or negative patchup_block, patchup_gamma outside [0, 1]). */
 MM_API mm_status mm_mixer_create(const mm_mixer_config* config, mm_mixer** out);
 
 /* Frees the mixer handle, ending its batch if one is open. An installed hook keeps what it

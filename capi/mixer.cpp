@@ -31,6 +31,8 @@ void set_defaults(mm_mixer_config* c) {
   c->lam_mode = MM_LAMBDA_SAMPLE;
   c->no_fold = 0;
   c->skip_prob = 0.0;
+  c->add_noise = 0.0;
+  c->mult_noise = 0.0;
   c->method = MM_METHOD_MIXUP;
   c->patchup_block = 0;
   c->patchup_gamma = 0.0;
@@ -51,6 +53,8 @@ void for_each_field(mm_mixer_config& c, Fn&& fn) {
   MM_FIELD(lam_mode);
   MM_FIELD(no_fold);
   MM_FIELD(skip_prob);
+  MM_FIELD(add_noise);
+  MM_FIELD(mult_noise);
   MM_FIELD(method);
   MM_FIELD(patchup_block);
   MM_FIELD(patchup_gamma);
@@ -139,6 +143,8 @@ mm_status mm_mixer_create(const mm_mixer_config* config, mm_mixer** out) {
     MM_CHECK_ARG(std::isfinite(c.skip_prob) && c.skip_prob >= 0 && c.skip_prob <= 1,
                  "config->skip_prob must be a probability in [0, 1], got ", c.skip_prob);
     o.prob = 1 - c.skip_prob;
+    o.add_noise = c.add_noise;
+    o.mult_noise = c.mult_noise;
     switch (c.method) {
       case MM_METHOD_MIXUP: o.method = manifold_mixup::Method::Mixup; break;
       case MM_METHOD_PATCHUP_SOFT: o.method = manifold_mixup::Method::PatchUpSoft; break;

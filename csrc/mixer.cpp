@@ -37,6 +37,12 @@ Mixer::Mixer(MixerOptions options) : options_(std::move(options)), alpha_(option
   MM_CHECK_ARG(options_.method == Method::Mixup || options_.method == Method::PatchUpSoft ||
                    options_.method == Method::PatchUpHard,
                "method must be Mixup, PatchUpSoft or PatchUpHard, got ", int(options_.method));
+  for (const double level : {options_.add_noise, options_.mult_noise}) {
+    MM_CHECK_ARG(std::isfinite(level) && level >= 0, "add_noise and mult_noise (Noisy Feature ",
+                 "Mixup's levels) must be finite and >= 0, got ", level);
+  }
+  MM_CHECK_ARG(!(noisy() && patchup()), "add_noise and mult_noise are Noisy Feature Mixup's, which ",
+               "mixes whole outputs: they do not go with PatchUp");
   MM_CHECK_ARG(options_.patchup_block >= 1 && options_.patchup_block % 2 == 1,
                "patchup_block must be an odd number >= 1 (the block is centred on a feature), got ",
                options_.patchup_block);
@@ -112,24 +118,36 @@ double beta_draw(double alpha, bool fold, at::CPUGeneratorImpl* gen) {
   const double d = log_g + log_u / alpha;
   return 1 / (1 + std::exp(-(fold ? std::abs(d) : d)));
 }
+
+// One draw of Beta(a, b), a, b >= 1 (NFM's Beta(2, 5)): G_a / (G_a + G_b).
+double beta_ab_draw(double a, double b, at::CPUGeneratorImpl* gen) {
+  auto uniform = [gen] { return at::uniform_real_distribution<double>(0.0, 1.0)(gen); };
+  auto normal = [gen] { return at::normal_distribution<double>(0.0, 1.0)(gen); };
+  BaseSampler<double, decltype(uniform)> u(uniform);
+  BaseSampler<double, decltype(normal)> n(normal);
+  const double ga = sample_gamma<double, double>(a, u, n), gb = sample_gamma<double, double>(b, u, n);
+  return ga / (ga + gb);
+}
 }  // namespace
 
 // A handful of tensor ops per batch cost more than the draws: everything is drawn in one loop
 // on the CPU generator into one host buffer (perm as int64, the chosen point and the Philox key
-// as int64, then lam as float32), moved to the batch's device by one copy, pinned for CUDA so
-// that the copy does not wait for the host. The order of the draws (whether the batch mixes, weights, permutation,
-// point, key) is fixed: the same seed gives the same batches. A draw a setting makes pointless is
-// not taken (none for prob 1, one Beta draw per batch in batch mode, none for hard PatchUp, no
-// key for Mixup), so that with the defaults the draws are those of every earlier version.
+// as int64, then lam and the noise levels as float32), moved to the batch's device by one copy,
+// pinned for CUDA so that the copy does not wait for the host. The order of the draws (whether
+// the batch mixes, weights, permutation, point, key, noise levels) is fixed: the same seed gives
+// the same batches. A draw a setting makes pointless is not taken (none for prob 1, one Beta
+// draw per batch in batch mode, none for hard PatchUp, no key without PatchUp or noise), so that
+// with the defaults the draws are those of every earlier version.
 void Mixer::draw_batch(int64_t batch_size, at::Device device) {
   const int64_t b = batch_size, perm_bytes = b * 8, scalar_bytes = 16;
-  auto host = at::empty({perm_bytes + scalar_bytes + b * 4},
+  auto host = at::empty({perm_bytes + scalar_bytes + b * 4 + 8},
                         at::TensorOptions().dtype(at::kByte).pinned_memory(device.is_cuda()));
   uint8_t* bytes = host.mutable_data_ptr<uint8_t>();
   auto* perm = reinterpret_cast<int64_t*>(bytes);
   auto* chosen = reinterpret_cast<int64_t*>(bytes + perm_bytes);
   auto* key = chosen + 1;
   auto* lam = reinterpret_cast<float*>(bytes + perm_bytes + scalar_bytes);
+  float* noise = lam + b;  // add and mult levels
   const int64_t candidates = num_points() + (options_.input_mixup ? 1 : 0);
   bool skipped = false;
   {
@@ -141,6 +159,7 @@ void Mixer::draw_batch(int64_t batch_size, at::Device device) {
     for (int64_t i = 0; i < b; ++i) perm[i] = i;
     *chosen = kNoPoint;
     *key = 0;
+    noise[0] = noise[1] = 0.f;
     if (skipped) {
       std::fill(lam, lam + b, 1.f);
     } else {
@@ -152,7 +171,9 @@ void Mixer::draw_batch(int64_t batch_size, at::Device device) {
       if (alpha_ > 0 && candidates > 0) {
         const int64_t pick = at::uniform_int_from_to_distribution<int64_t>(candidates, 0)(gen);
         *chosen = pick < num_points() ? pick : kInputPoint;
-        if (patchup()) *key = static_cast<int64_t>(gen->random64());
+        if (patchup() || noisy()) *key = static_cast<int64_t>(gen->random64());
+        if (options_.add_noise > 0) noise[0] = float(options_.add_noise * beta_ab_draw(2, 5, gen));
+        if (options_.mult_noise > 0) noise[1] = float(options_.mult_noise * beta_ab_draw(2, 5, gen));
       }
     }
   }
@@ -171,6 +192,8 @@ void Mixer::draw_batch(int64_t batch_size, at::Device device) {
   chosen_tensor_ = on_device.narrow(0, perm_bytes, 8).view(at::kLong).squeeze(0);
   key_ = on_device.narrow(0, perm_bytes + 8, 8).view(at::kLong).squeeze(0);
   lam_ = on_device.narrow(0, perm_bytes + scalar_bytes, b * 4).view(at::kFloat);
+  noise_ = noisy() ? on_device.narrow(0, perm_bytes + scalar_bytes + b * 4, 8).view(at::kFloat)
+                   : at::Tensor();
   weights_ = lam_;
 }
 
@@ -211,7 +234,10 @@ void Mixer::check_batch_tensor(const at::Tensor& t, const char* what) const {
 
 std::tuple<at::Tensor, at::Tensor> Mixer::apply(const at::Tensor& t, const char* what) const {
   check_batch_tensor(t, what);
-  if (!patchup()) return {manifold_mixup::mix(t, perm_, lam_), at::Tensor()};
+  if (!patchup()) {
+    if (!noisy()) return {manifold_mixup::mix(t, perm_, lam_), at::Tensor()};
+    return {manifold_mixup::mix(t, perm_, lam_, noise_, key_), at::Tensor()};
+  }
   MM_CHECK_ARG(t.dim() == 4, what, ": the method is PatchUp, which mixes feature maps [B, C, H, W], ",
                "got a tensor of shape ", t.sizes());
   return manifold_mixup::patchup(t, perm_, lam_, key_, options_.patchup_block, options_.patchup_gamma);

@@ -64,6 +64,11 @@ struct MixerOptions {
   LamMode lam_mode = LamMode::Sample;
   bool fold = true;            // lam folded to max(lam, 1 - lam): each sample keeps the larger share
   double prob = 1.0;           // probability in [0, 1] that a batch mixes at all (timm's prob)
+  // Noisy Feature Mixup (Mixup only): after the mix, h <- (1 + mult * xi_m) h + add * xi_a, with
+  // xi_m = s_m U(-1, 1) and xi_a = s_a N(0, 1) per element and s_m, s_a ~ Beta(2, 5) per batch, as
+  // the authors' code draws them; these are its add_noise_level and mult_noise_level (>= 0).
+  double add_noise = 0.0;
+  double mult_noise = 0.0;
   Method method = Method::Mixup;
   int64_t patchup_block = 7;   // PatchUp: the blocks' side (odd), as the authors' block_size
   double patchup_gamma = 0.9;  // PatchUp: the authors' gamma in [0, 1] (see ops/patchup.h)
@@ -103,6 +108,7 @@ class Mixer {
   double prob() const { return options_.prob; }
   Method method() const { return options_.method; }
   bool patchup() const { return options_.method != Method::Mixup; }
+  bool noisy() const { return options_.add_noise > 0 || options_.mult_noise > 0; }
   const MixerOptions& options() const { return options_; }
   // Sets alpha from the schedule after `step` batches (no-op without a schedule). Alpha moves
   // only here: begin_batch does not advance the schedule.
@@ -137,14 +143,18 @@ class Mixer {
   // (soft: unchanged + lam * changed; hard: the unchanged fraction), as the authors' loss
   // weighs the two targets (docs/family.md).
   const at::Tensor& target_weights() const { return weights_; }
-  // The batch's Philox key (0-d int64 on the batch's device) for PatchUp's mask.
+  // The batch's Philox key (0-d int64 on the batch's device) for PatchUp's mask and the noise.
   const at::Tensor& key() const { return key_; }
+  // Noisy Feature Mixup's levels of the batch (float32 [2], the batch's device): add_noise * s_a
+  // and mult_noise * s_m, both 0 in a batch that does not mix; undefined without noise.
+  const at::Tensor& noise() const { return noise_; }
   // chosen() as a 0-d int64 tensor on the batch's device (copied with lam and perm): what a
   // compiled graph reads, so that one graph serves every draw.
   const at::Tensor& chosen_tensor() const { return chosen_tensor_; }
 
   // t mixed by the batch's method, whatever the chosen point: lam[i] * t[i] + (1 - lam[i]) *
-  // t[perm[i]], or PatchUp's mix of feature maps [B, C, H, W] (ArgumentError for other shapes).
+  // t[perm[i]] (with the batch's noise, if any), or PatchUp's mix of feature maps [B, C, H, W]
+  // (ArgumentError for other shapes).
   // Differentiable. The target weights are not touched (see mix_input and point_output).
   at::Tensor mix(const at::Tensor& t) const;
   // The input when it is the chosen point mixed (and counted), otherwise `x` unchanged.
@@ -239,7 +249,7 @@ class Mixer {
   int64_t batch_size_ = 0;
   at::Tensor lam_, perm_, chosen_tensor_;
   at::Tensor weights_;  // target_weights()
-  at::Tensor key_;
+  at::Tensor key_, noise_;
 };
 
 }  // namespace manifold_mixup

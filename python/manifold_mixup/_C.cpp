@@ -63,6 +63,8 @@ py::dict settings_of(const Mixer& m) {
   d["lam_mode"] = lam_mode_name(m.lam_mode());
   d["fold"] = m.fold();
   d["prob"] = m.prob();
+  d["add_noise"] = m.options().add_noise;
+  d["mult_noise"] = m.options().mult_noise;
   d["patchup"] = patchup_name(m.method());
   d["patchup_block"] = m.options().patchup_block;
   d["patchup_gamma"] = m.options().patchup_gamma;
@@ -77,13 +79,15 @@ void apply_settings(MixerOptions& o, const py::dict& kwargs) {
   };
   for (const auto& item : kwargs) {
     const auto key = item.first.cast<std::string>();
-    static const std::set<std::string> known{"lam_mode", "fold", "prob", "patchup", "patchup_block",
-                                             "patchup_gamma"};
+    static const std::set<std::string> known{"lam_mode", "fold", "prob", "add_noise", "mult_noise",
+                                             "patchup", "patchup_block", "patchup_gamma"};
     if (!known.count(key)) throw py::type_error("Mixer() got an unexpected keyword argument '" + key + "'");
   }
   o.lam_mode = lam_mode_of(get("lam_mode", std::string("sample")));
   o.fold = get("fold", true);
   o.prob = get("prob", 1.0);
+  o.add_noise = get("add_noise", 0.0);
+  o.mult_noise = get("mult_noise", 0.0);
   o.method = method_of(kwargs.contains("patchup") && !kwargs["patchup"].is_none()
                            ? std::optional<std::string>(kwargs["patchup"].cast<std::string>())
                            : std::nullopt);
@@ -101,8 +105,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 Per-batch state of manifold mixup: weights lam ~ Beta(alpha, alpha), one per sample
 (lam_mode='sample') or one per batch ('batch'), folded to max(lam, 1-lam) unless fold=False;
 a permutation of the batch, the mixup point chosen for the batch, and whether it mixed. With
-probability 1 - prob a batch is skipped: it draws nothing more and no point mixes. patchup='soft'
-or 'hard' mixes feature maps by PatchUp's block mask (patchup_block, patchup_gamma) instead.
+probability 1 - prob a batch is skipped: it draws nothing more and no point mixes. add_noise and
+mult_noise add Noisy Feature Mixup's noise after the mix; patchup='soft' or 'hard' mixes feature
+maps by PatchUp's block mask (patchup_block, patchup_gamma) instead.
 seed=None draws from torch's default generators (torch.manual_seed makes runs repeatable);
 an int seed gives the Mixer its own generator (e.g. seed + rank under DistributedDataParallel).)doc")
       .def(py::init([](double alpha, bool input_mixup, std::optional<uint64_t> seed,
@@ -115,8 +120,8 @@ an int seed gives the Mixer its own generator (e.g. seed + rank under Distribute
              return std::make_shared<Mixer>(o);
            }),
            py::arg("alpha") = 0.4, py::arg("input_mixup") = true, py::arg("seed") = py::none(),
-           "Settings by keyword: lam_mode='sample'|'batch', fold=True, prob=1.0, patchup=None|"
-           "'soft'|'hard', patchup_block=7, patchup_gamma=0.9.")
+           "Settings by keyword: lam_mode='sample'|'batch', fold=True, prob=1.0, add_noise=0.0, "
+           "mult_noise=0.0, patchup=None|'soft'|'hard', patchup_block=7, patchup_gamma=0.9.")
       .def_property("alpha", &Mixer::alpha, &Mixer::set_alpha)
       .def_property("input_mixup", &Mixer::input_mixup, &Mixer::set_input_mixup)
       .def_property_readonly("seed", &Mixer::seed)
@@ -129,7 +134,13 @@ an int seed gives the Mixer its own generator (e.g. seed + rank under Distribute
       .def_property_readonly("patchup_gamma", [](const Mixer& m) { return m.options().patchup_gamma; })
       .def_property_readonly("settings", &settings_of,
                              "The settings after alpha, input_mixup and seed, as keyword arguments.")
-      .def_property_readonly("key", &Mixer::key, "The batch's Philox key for PatchUp's mask (0-d int64).")
+      .def_property_readonly("add_noise", [](const Mixer& m) { return m.options().add_noise; })
+      .def_property_readonly("mult_noise", [](const Mixer& m) { return m.options().mult_noise; })
+      .def_property_readonly("key", &Mixer::key,
+                             "The batch's Philox key for PatchUp's mask and the noise (0-d int64).")
+      .def_property_readonly("noise", &Mixer::noise,
+                             "The batch's noise levels (float32 [2]: additive, multiplicative, each "
+                             "times its Beta(2, 5) draw); None without noise.")
       .def("add_point", &Mixer::add_point, py::arg("name"))
       .def("clear_points", &Mixer::clear_points)
       .def("retain_points", &Mixer::retain_points, py::arg("indices"),

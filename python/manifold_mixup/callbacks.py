@@ -187,11 +187,14 @@ class ManifoldMixup(_MixupCallback):
                  lam_mode: str = "sample",  # one lam per sample, or "batch": one per batch (the paper's code)
                  fold: bool = True,  # lam folded to max(lam, 1 - lam); False: as drawn (the paper's code)
                  prob: float = 1.0,  # probability that a batch mixes at all
+                 add_noise: float = 0.0,  # Noisy Feature Mixup's additive noise level
+                 mult_noise: float = 0.0,  # Noisy Feature Mixup's multiplicative noise level
                  patchup=None,  # "soft" or "hard": PatchUp's block mixing of feature maps
                  patchup_block: int = 7,  # PatchUp's block size (odd)
                  patchup_gamma: float = 0.9):  # PatchUp's gamma (how much of a map is altered)
-        settings = dict(mixing_settings(lam_mode, fold, prob),
-                        **patchup_settings(patchup, patchup_block, patchup_gamma))
+        settings = mixing_settings(lam_mode, fold, prob, add_noise, mult_noise)
+        settings.update(patchup_settings(patchup, patchup_block, patchup_gamma,
+                                         noisy=bool(add_noise or mult_noise)))
         super().__init__(alpha, verbose, settings)
         self.use_input_mixup = check_flag(use_input_mixup, "use_input_mixup")
         if module_list is not None and not isinstance(module_list, nn.Module):
@@ -236,8 +239,10 @@ class OutputMixup(_MixupCallback):
                  verbose: bool = True,  # kept for symmetry with ManifoldMixup (nothing to say)
                  lam_mode: str = "sample",  # one lam per sample, or "batch": one per batch
                  fold: bool = True,  # lam folded to max(lam, 1 - lam); False: as drawn
-                 prob: float = 1.0):  # probability that a batch mixes at all
-        super().__init__(alpha, verbose, mixing_settings(lam_mode, fold, prob))
+                 prob: float = 1.0,  # probability that a batch mixes at all
+                 add_noise: float = 0.0,  # Noisy Feature Mixup's additive noise level (on the logits)
+                 mult_noise: float = 0.0):  # Noisy Feature Mixup's multiplicative noise level
+        super().__init__(alpha, verbose, mixing_settings(lam_mode, fold, prob, add_noise, mult_noise))
 
     def _new_mixer(self):
         OutputMixer.check_loss(self.learn.loss_func)  # the original: before_fit restored it

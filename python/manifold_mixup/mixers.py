@@ -49,20 +49,33 @@ def check_probability(value, name):
     return float(value)
 
 
-def mixing_settings(lam_mode="sample", fold=True, prob=1.0):
+def check_level(value, name):
+    "A finite real number >= 0 as a float; bools refused."
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+            or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+def mixing_settings(lam_mode="sample", fold=True, prob=1.0, add_noise=0.0, mult_noise=0.0):
     """The keyword arguments of the native Mixer beyond alpha, checked here so that a wrong one
-    is named in Python's terms: how lam is drawn, and how often a batch mixes."""
+    is named in Python's terms: how lam is drawn, how often a batch mixes, and Noisy Feature
+    Mixup's noise levels."""
     if lam_mode not in ("sample", "batch"):
         raise ValueError(f"lam_mode must be 'sample' (one weight per sample) or 'batch' (one per "
                          f"batch, as the paper's code), got {lam_mode!r}")
     return dict(lam_mode=lam_mode, fold=check_flag(fold, "fold"),
-                prob=check_probability(prob, "prob"))
+                prob=check_probability(prob, "prob"), add_noise=check_level(add_noise, "add_noise"),
+                mult_noise=check_level(mult_noise, "mult_noise"))
 
 
-def patchup_settings(patchup=None, patchup_block=7, patchup_gamma=0.9):
+def patchup_settings(patchup=None, patchup_block=7, patchup_gamma=0.9, noisy=False):
     "PatchUp's keyword arguments of the native Mixer, checked and named in Python's terms."
     if patchup not in (None, "soft", "hard"):
         raise ValueError(f"patchup must be None (mixup), 'soft' or 'hard', got {patchup!r}")
+    if patchup is not None and noisy:
+        raise ValueError("add_noise and mult_noise are Noisy Feature Mixup's, which mixes whole "
+                         "outputs: they do not go with patchup")
     if isinstance(patchup_block, bool) or not isinstance(patchup_block, numbers.Integral) \
             or patchup_block < 1 or patchup_block % 2 == 0:
         raise ValueError(f"patchup_block must be an odd int >= 1 (the block is centred on a "
@@ -133,6 +146,9 @@ class ManifoldMixer:
             code).
         prob: the probability that a batch mixes at all (timm's ``prob``); a batch left
             unmixed trains plainly and is counted in ``mixer.skipped_batches``.
+        add_noise, mult_noise: Noisy Feature Mixup (Lim et al.): after the mix, ``h <- (1 +
+            mult_noise * xi_m) * h + add_noise * xi_a``, xi_m uniform on [-1, 1] and xi_a normal,
+            each scaled by a Beta(2, 5) draw per batch, as the authors' code (0: none).
         patchup: None mixes whole outputs; ``"soft"`` or ``"hard"`` is PatchUp (Faramarzi et
             al.): only blocks of feature maps ``[B, C, H, W]`` are mixed (soft) or swapped
             (hard), the loss weighs the targets by the blocks' area, and points whose output
@@ -159,13 +175,14 @@ class ManifoldMixer:
 
     def __init__(self, model: nn.Module, alpha=0.4, modules=None, input_mixup: bool = True,
                  seed=None, verbose=True, *, lam_mode="sample", fold=True, prob=1.0,
-                 patchup=None, patchup_block=7, patchup_gamma=0.9):
+                 add_noise=0.0, mult_noise=0.0, patchup=None, patchup_block=7, patchup_gamma=0.9):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         alpha = check_alpha(alpha)
         check_flag(input_mixup, "input_mixup")
-        settings = dict(mixing_settings(lam_mode, fold, prob),
-                        **patchup_settings(patchup, patchup_block, patchup_gamma))
+        settings = mixing_settings(lam_mode, fold, prob, add_noise, mult_noise)
+        settings.update(patchup_settings(patchup, patchup_block, patchup_gamma,
+                                         noisy=bool(add_noise or mult_noise)))
         _refuse_data_parallel_over_devices(model)
         self._say, self._verbose = _logger(verbose), verbose not in (False, None)
         self.model, self._root = model, unwrap_model(model)
@@ -190,7 +207,8 @@ class ManifoldMixer:
         for m in selected:
             self.mixer.add_point(names.get(id(m)) or type(m).__name__)
         fields = [m.field if isinstance(m, ManifoldMixupModule) else None for m in selected]
-        method = {k: self.mixer.settings[k] for k in ("patchup", "patchup_block", "patchup_gamma")}
+        method = {k: self.mixer.settings[k]
+                  for k in ("patchup", "patchup_block", "patchup_gamma", "add_noise", "mult_noise")}
         self._points = Points(self._root, selected, fields, method)
         self._state = self._points.state
         self._ran_ever = [False] * len(selected)
@@ -339,6 +357,7 @@ class ManifoldMixer:
         state = self._state
         state.chosen, state.chosen_t = chosen, self.mixer.chosen_tensor
         state.lam, state.perm, state.key = self.mixer.lam, self.mixer.perm, self.mixer.key
+        state.noise = self.mixer.noise
         # A forward that does not go through the root model's own call still has a record.
         state.forward = ForwardRecord(state.n_points)
         self._first_record, self._synced = state.forward, None
@@ -488,12 +507,14 @@ class OutputMixer:
     `ManifoldMixer.loss`). Classification only: a loss known to be a regression loss, or
     floating targets with a loss not known to be a classification loss, raise ValueError.
     Call the loss itself for evaluation. `alpha` may be set before any call. `lam_mode`,
-    `fold` and `prob` are ManifoldMixer's.
+    `fold`, `prob`, `add_noise` and `mult_noise` are ManifoldMixer's (the noise goes on the
+    logits).
     """
 
-    def __init__(self, alpha=0.4, seed=None, *, lam_mode="sample", fold=True, prob=1.0):
+    def __init__(self, alpha=0.4, seed=None, *, lam_mode="sample", fold=True, prob=1.0,
+                 add_noise=0.0, mult_noise=0.0):
         self.mixer = _C.Mixer(alpha=check_alpha(alpha), input_mixup=False, seed=_check_seed(seed),
-                              **mixing_settings(lam_mode, fold, prob))
+                              **mixing_settings(lam_mode, fold, prob, add_noise, mult_noise))
         self.mixer.add_point("output")  # the logits are the one mixup point
 
     alpha = ManifoldMixer.alpha

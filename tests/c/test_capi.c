@@ -1295,6 +1295,59 @@ done:
   mm_tensor_destroy(lam_t);
 }
 
+/* Noisy Feature Mixup: a seed repeats the noise; the input mixes with it (not only lam and
+ * perm), so the model's output differs from the one mixed without noise; bad levels refused. */
+static mm_status noisy_forward(double add, double mult, mm_module* mod, const mm_tensor* x,
+                               float* out_host, size_t bytes) {
+  mm_mixer_config cfg;
+  mm_mixer* mixer = NULL;
+  mm_tensor* out = NULL;
+  int64_t chosen = 0;
+  mm_status st;
+  mm_mixer_config_init(&cfg, sizeof cfg);
+  cfg.alpha = 1.0;
+  cfg.has_seed = 1;
+  cfg.seed = 3;
+  cfg.add_noise = add;
+  cfg.mult_noise = mult;
+  st = mm_mixer_create(&cfg, &mixer);
+  if (st == MM_OK) st = mm_batch_begin(mixer, B, &chosen);
+  if (st == MM_OK && chosen != MM_POINT_INPUT) st = MM_ERR_INTERNAL; /* no point installed */
+  if (st == MM_OK) st = mm_forward(mixer, mod, x, &out);
+  if (st == MM_OK) st = mm_tensor_to_host(out, out_host, bytes);
+  mm_tensor_destroy(out);
+  mm_mixer_destroy(mixer);
+  return st;
+}
+
+static void test_noisy_feature_mixup(void) {
+  mm_mixer_config cfg;
+  mm_mixer* mixer = NULL;
+  mm_module* mod = NULL;
+  mm_tensor* x = make_input();
+  float plain[B * C], noisy[B * C], again[B * C];
+  CHECK(x);
+  CHECK_OK(mm_module_load(model_path("mlp"), &mod));
+  CHECK_OK(noisy_forward(0.0, 0.0, mod, x, plain, sizeof plain));
+  CHECK_OK(noisy_forward(0.4, 0.2, mod, x, noisy, sizeof noisy));
+  CHECK_OK(noisy_forward(0.4, 0.2, mod, x, again, sizeof again));
+  CHECK(memcmp(noisy, again, sizeof noisy) == 0);
+  CHECK(max_diff(noisy, plain, B * C) > 1e-4);
+  mm_mixer_config_init(&cfg, sizeof cfg);
+  CHECK(cfg.add_noise == 0.0 && cfg.mult_noise == 0.0);
+  cfg.add_noise = -1.0;
+  CHECK_STATUS(mm_mixer_create(&cfg, &mixer), MM_ERR_ARG);
+  CHECK_MSG("add_noise");
+  cfg.add_noise = 0.4;
+  cfg.method = MM_METHOD_PATCHUP_SOFT;
+  CHECK_STATUS(mm_mixer_create(&cfg, &mixer), MM_ERR_ARG);
+  CHECK_MSG("PatchUp");
+  CHECK(mixer == NULL);
+done:
+  mm_module_destroy(mod);
+  mm_tensor_destroy(x);
+}
+
 struct test_case {
   const char* name;
   void (*fn)(void);
@@ -1393,6 +1446,7 @@ int main(int argc, char** argv) {
       {"alpha_moves_only_with_set_step", test_alpha_moves_only_with_set_step},
       {"lambda_modes_and_skip_prob", test_lambda_modes_and_skip_prob},
       {"patchup", test_patchup},
+      {"noisy_feature_mixup", test_noisy_feature_mixup},
   };
   int failures = 0, run = 0, a;
   size_t i;

@@ -1,9 +1,11 @@
 // The manifold mixup family from C++: lambda modes, prob, no Python in the process.
 #include <gtest/gtest.h>
+#include <torch/csrc/autograd/autograd.h>
 #include <torch/types.h>
 
 #include "errors.h"
 #include "mixer.h"
+#include "ops/mix.h"
 #include "ops/patchup.h"
 
 namespace {
@@ -139,6 +141,41 @@ TEST(PatchUp, TheMixerWeighsTargetsByTheBlocksAndRefusesWhatIsNoFeatureMap) {
   EXPECT_THROW(Mixer{bad}, manifold_mixup::ArgumentError);
   bad.patchup_block = 3;
   bad.patchup_gamma = 2;
+  EXPECT_THROW(Mixer{bad}, manifold_mixup::ArgumentError);
+}
+
+TEST(NoisyFeatureMixup, TheMixerMixesWithItsLevelsAndKeyAndABackwardNeedsNoStoredNoise) {
+  MixerOptions o = options(1.0, 8);
+  o.add_noise = 0.4;
+  o.mult_noise = 0.2;
+  Mixer m(o);
+  m.add_point("h");
+  m.begin_batch(5, torch::kCPU);
+  const auto noise = m.noise();
+  ASSERT_TRUE(noise.defined());
+  EXPECT_EQ(noise.sizes(), torch::IntArrayRef({2}));
+  // Beta(2, 5) draws times the levels: within (0, level).
+  EXPECT_GT(noise[0].item<float>(), 0.f);
+  EXPECT_LT(noise[0].item<float>(), 0.4f);
+  EXPECT_GT(noise[1].item<float>(), 0.f);
+  EXPECT_LT(noise[1].item<float>(), 0.2f);
+  const auto h = torch::randn({5, 3, 4}, torch::requires_grad());
+  const auto out = m.point_output(0, h);
+  EXPECT_TRUE(torch::equal(out, manifold_mixup::mix(h, m.perm(), m.lam(), noise, m.key())));
+  EXPECT_FALSE(torch::allclose(out, manifold_mixup::mix(h, m.perm(), m.lam())));
+  // The gradient of <g, (1 + mult U) mix(h)>: mix's backward of (1 + mult U) g, U drawn again.
+  const auto g = torch::randn({5, 3, 4});
+  const auto grad = torch::autograd::grad({out}, {h}, {g})[0];
+  const auto scale = manifold_mixup::mix(torch::ones({5, 3, 4}), torch::arange(5), torch::ones({5}),
+                                         torch::stack({torch::zeros({}), noise[1]}), m.key());
+  EXPECT_TRUE(torch::allclose(grad, manifold_mixup::detail::_mix_backward(g * scale, m.perm(), m.lam()),
+                              1e-5, 1e-6));
+  m.end_batch();
+  MixerOptions bad = o;
+  bad.method = manifold_mixup::Method::PatchUpHard;
+  EXPECT_THROW(Mixer{bad}, manifold_mixup::ArgumentError);
+  bad = o;
+  bad.mult_noise = -0.1;
   EXPECT_THROW(Mixer{bad}, manifold_mixup::ArgumentError);
 }
 

@@ -382,3 +382,167 @@ def test_patchup_leaves_a_non_image_input_out():
         with mm.batch(torch.randn(3, 4)):
             model(torch.randn(3, 4))
     assert not mm.mixer.input_mixup
+
+
+# -- Noisy Feature Mixup (Lim et al.; erichson/NFM) ------------------------------------------------
+
+def philox_words(key, counters):
+    "All four words of Philox4x32-10 at `counters` (as philox_first_words)."
+    m32 = (1 << 32) - 1
+    key &= (1 << 64) - 1
+    c0, c1 = torch.zeros_like(counters), torch.zeros_like(counters)
+    c2, c3 = counters & m32, counters >> 32
+    k0, k1 = key & m32, key >> 32
+    for _ in range(10):
+        p0, p1 = c0 * 0xD2511F53, c2 * 0xCD9E8D57
+        c0, c1, c2, c3 = ((p1 >> 32) & m32) ^ c1 ^ k0, p1 & m32, ((p0 >> 32) & m32) ^ c3 ^ k1, p0 & m32
+        k0, k1 = (k0 + 0x9E3779B9) & m32, (k1 + 0xBB67AE85) & m32
+    return c0, c1, c2, c3
+
+
+def our_draws(key, n):
+    """The noise of elements 0..n-1 as docs/family.md defines it: Philox at counter e // 2,
+    Box-Muller of its first two words for the normals, its last two words for the uniforms."""
+    w0, w1, w2, w3 = philox_words(key, torch.arange((n + 1) // 2, dtype=torch.int64))
+    unit = 2.0 ** -24
+    u1 = ((w0 >> 8) + 1).float() * unit
+    angle = (w1 >> 8).float() * unit * 6.2831853071795864769
+    radius = torch.sqrt(-2 * torch.log(u1))
+    normal = torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], 1).flatten()[:n]
+    uniform = torch.stack([(w2 >> 8).float(), (w3 >> 8).float()], 1).flatten()[:n] * (2 * unit) - 1
+    return normal, uniform
+
+
+def nfm_noise(mixed_x, add_level, mult_level, normal, uniform):
+    "The authors' _noise with their draws replaced by ours (levels already times Beta(2, 5))."
+    add_noise = add_level * normal.view_as(mixed_x)
+    mult_noise = mult_level * (uniform.view_as(mixed_x)) + 1
+    return mult_noise * mixed_x + add_noise
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_the_noise_is_nfms_expression_with_our_draws(dtype):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 3, 5, 7, generator=g).to(dtype)
+    perm, lam = torch.randperm(6, generator=g), torch.rand(6, generator=g)
+    lam[1] = 1.0  # a row that does not mix still gets the noise
+    for key, levels in ((5, (0.4, 0.2)), (-(2 ** 62), (0.0, 0.3)), (2 ** 33 + 1, (0.25, 0.0))):
+        noise = torch.tensor(levels)
+        out = torch.ops.manifold_mixup.mix(x, perm, lam, noise, torch.tensor(key))
+        normal, uniform = our_draws(key, x.numel())
+        mixed_x = lam.double().view(-1, 1, 1, 1) * x.double() + (1 - lam.double().view(-1, 1, 1, 1)) * x.double()[perm]
+        ref = nfm_noise(mixed_x, *levels, normal.double(), uniform.double())
+        tol = {torch.bfloat16: 2e-2}.get(dtype, 2e-6)
+        torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
+    # levels (0, 0): exactly mix, a copy where lam is 1
+    plain = torch.ops.manifold_mixup.mix(x, perm, lam)
+    assert torch.equal(torch.ops.manifold_mixup.mix(x, perm, lam, torch.zeros(2), torch.tensor(1)), plain)
+
+
+def test_the_draws_follow_nfms_laws():
+    "N(0, 1) and U(-1, 1) per element, against torch's own samplers, on 2^18 elements."
+    normal, uniform = our_draws(12345, 1 << 18)
+    torch.testing.assert_close(quantiles(normal), quantiles(torch.randn(1 << 18)), atol=0.02, rtol=0)
+    torch.testing.assert_close(quantiles(uniform), quantiles(2 * torch.rand(1 << 18) - 1), atol=0.01, rtol=0)
+    assert uniform.min() >= -1 and uniform.max() < 1 and torch.isfinite(normal).all()
+
+
+def test_noisy_mix_opcheck_gradcheck_and_refusals():
+    from torch.library import opcheck
+    op = torch.ops.manifold_mixup.mix.default
+    perm, key = torch.tensor([2, 0, 3, 1]), torch.tensor(7)
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        x = torch.randn(4, 3, 5).to(dtype)
+        for xg, lg in ((False, False), (True, False), (True, True)):
+            opcheck(op, (x.clone().requires_grad_(xg), perm,
+                         torch.rand(4).to(dtype if lg else torch.float32).requires_grad_(lg),
+                         torch.tensor([0.4, 0.2]), key))
+    x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    lam = torch.rand(4, dtype=torch.float64, requires_grad=True)
+    fn = lambda a, l: op(a, perm, l, torch.tensor([0.4, 0.2], dtype=torch.float64), key)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, lam)) and torch.autograd.gradgradcheck(fn, (x, lam))
+    # channels_last in, contiguous out: the draws follow the logical order
+    xc = torch.randn(4, 3, 5, 6).to(memory_format=torch.channels_last)
+    noise, lam = torch.tensor([0.4, 0.2]), torch.rand(4)
+    assert torch.equal(op(xc, perm, lam, noise, key), op(xc.contiguous(), perm, lam, noise, key))
+    for bad, words in (((torch.tensor([0.4]), key), "noise must"), ((noise, None), "both or neither"),
+                       ((noise, torch.tensor([1, 2])), "key must")):
+        with pytest.raises(RuntimeError, match=words):
+            op(xc, perm, lam, *bad)
+
+
+def test_the_mixer_draws_nfms_levels_and_runs_repeat():
+    """Each batch that mixes takes s_a, s_m ~ Beta(2, 5) (the authors' np.random.beta(2, 5)), times
+    the levels; a seed repeats every draw; a skipped batch has none."""
+    m = _C.Mixer(alpha=1.0, seed=9, add_noise=0.4, mult_noise=0.2, prob=0.5)
+    m.add_point("p")
+    levels = []
+    for _ in range(2000):
+        m.begin_batch(4, torch.device("cpu"))
+        if m.chosen == NO_POINT:
+            assert torch.equal(m.noise, torch.zeros(2))
+        else:
+            levels.append(m.noise / torch.tensor([0.4, 0.2]))
+        m.end_batch()
+    s = torch.stack(levels)
+    ref = torch.distributions.Beta(2.0, 5.0).sample((100_000,))
+    for column in (s[:, 0], s[:, 1]):  # about 1000 draws: quantiles within 0.04 (4 sd)
+        torch.testing.assert_close(quantiles(column), quantiles(ref), atol=0.04, rtol=0)
+    a, b = (_C.Mixer(alpha=1.0, seed=9, add_noise=0.4, mult_noise=0.2) for _ in range(2))
+    for m in (a, b):
+        m.begin_batch(4, torch.device("cpu"))
+    x = torch.randn(4, 6)
+    assert torch.equal(a.mix(x), b.mix(x)) and not torch.equal(a.mix(x), torch.ops.manifold_mixup.mix(x, a.perm, a.lam))
+
+
+def test_nfm_trains_like_the_authors_forward_and_compiles_like_eager():
+    """The drawn point's output is NFM's noisy mix of it (the op with the batch's levels and key);
+    compiled, every other point stays exactly its output, and the losses match eager's."""
+    import torch._dynamo as dynamo
+
+    def run(compiled):
+        model = paper_model()
+        call = torch.compile(model, backend="aot_eager", fullgraph=True) if compiled else model
+        mm = ManifoldMixer(call, alpha=1.0, modules=[model[1], model[2]], add_noise=0.4,
+                           mult_noise=0.2, seed=5, verbose=False)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        losses = []
+        for step in range(6):
+            g = torch.Generator().manual_seed(step)
+            x, y = torch.randn(6, 1, 5, 5, generator=g), torch.randint(0, 3, (6,), generator=g)
+            with mm.batch(x) as xb:
+                out = call(xb)
+                loss = mm.loss(F.cross_entropy, out, y)
+                k, lam, perm = mm.mixer.chosen, mm.mixer.lam, mm.mixer.perm
+                noise, key = mm.mixer.noise, mm.mixer.key
+            if not compiled:
+                with torch.no_grad():
+                    h = x if k != INPUT_POINT else torch.ops.manifold_mixup.mix(x, perm, lam, noise, key)
+                    h = model[0](h)
+                    for i in (1, 2):
+                        h = model[i](h)
+                        if k == i - 1:
+                            h = torch.ops.manifold_mixup.mix(h, perm, lam, noise, key)
+                    torch.testing.assert_close(out, model[5](model[4](model[3](h))))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        return losses, mm.mixer.point_mixes + [mm.mixer.input_mixes]
+
+    eager = run(False)
+    dynamo.reset()
+    dynamo.utils.counters.clear()
+    assert run(True) == (pytest.approx(eager[0], rel=1e-5), eager[1])
+    assert not dynamo.utils.counters["graph_break"]
+
+
+def test_noise_and_patchup_do_not_go_together_and_levels_are_checked():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3))
+    with pytest.raises(ValueError, match="do not go with patchup"):
+        ManifoldMixer(model, add_noise=0.4, patchup="soft", verbose=False)
+    for bad in (-0.1, float("nan"), True):
+        with pytest.raises(ValueError, match="add_noise"):
+            OutputMixer(add_noise=bad)
+    with pytest.raises(RuntimeError, match="do not go with PatchUp"):
+        _C.Mixer(mult_noise=0.2, patchup="hard")

@@ -9,6 +9,7 @@
 #include <algorithm>
 
 #include "ops/cpu/mix_loops.h"
+#include "ops/noise.h"
 
 namespace manifold_mixup::cpu::CPU_CAPABILITY {
 namespace {
@@ -39,11 +40,31 @@ void lerp_pair(scalar_t* dst, const scalar_t* a, const scalar_t* b, opmath_t l, 
   at::vec::map2([l, m](Vec va, Vec vb) { return va * Vec(l) + vb * Vec(m); }, dst, a, b, n);
 }
 
+// Noisy Feature Mixup on n elements from element `first` (a flat index) on: the mix of a and b
+// (a copy of a when l == 1) with the noise of each element, in one pass. The draws cost more
+// than the arithmetic, so each Philox block serves the two elements of its pair.
+template <typename scalar_t, typename opmath_t>
+void noisy_lerp(scalar_t* dst, const scalar_t* a, const scalar_t* b, opmath_t l, opmath_t m,
+                int64_t n, int64_t first, uint64_t key, float add, float mult) {
+  detail::NoisePair pair{};
+  for (int64_t e = 0; e < n; ++e) {
+    const int64_t index = first + e;
+    if (e == 0 || (index & 1) == 0) pair = detail::noise_pair(key, static_cast<uint64_t>(index >> 1));
+    const opmath_t v = l == opmath_t(1) ? opmath_t(a[e]) : l * opmath_t(a[e]) + m * opmath_t(b[e]);
+    dst[e] = static_cast<scalar_t>(detail::apply_noise(v, pair, int(index & 1), add, mult));
+  }
+}
+
 }  // namespace
 
-void mix_rows(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& lam, at::Tensor& out) {
+void mix_rows(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& lam,
+              const at::Tensor& noise, const at::Tensor& key, at::Tensor& out) {
   const int64_t b = x.size(0);
   const int64_t features = b == 0 ? 0 : x.numel() / b;
+  const bool noisy = noise.defined();
+  const float add = noisy ? noise.const_data_ptr<float>()[0] : 0.0f;
+  const float mult = noisy ? noise.const_data_ptr<float>()[1] : 0.0f;
+  const uint64_t k = noisy ? static_cast<uint64_t>(*key.const_data_ptr<int64_t>()) : 0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "mix_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
@@ -51,6 +72,12 @@ void mix_rows(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& lam
     const opmath_t* lp = lam.const_data_ptr<opmath_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     parallel_rows(b, features, [&](int64_t i, int64_t f, int64_t n) {
+      if (noisy && (add != 0.0f || mult != 0.0f)) {  // x[perm[i]] is not read when lam is 1
+        const int64_t source = lp[i] == opmath_t(1) ? i : pp[i];
+        noisy_lerp(op + i * features + f, xp + i * features + f, xp + source * features + f, lp[i],
+                   opmath_t(1) - lp[i], n, i * features + f, k, add, mult);
+        return;
+      }
       const scalar_t* own = xp + i * features + f;
       if (lp[i] == opmath_t(1)) {  // a copy: x[perm[i]] is not read (0 * inf would be NaN)
         std::copy_n(own, n, op + i * features + f);
