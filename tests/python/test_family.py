@@ -169,7 +169,9 @@ def test_the_fastai_callbacks_take_the_settings():
                                         verbose=False),
                    ManifoldMixup(alpha=2.0, lam_mode="batch", prob=0.5, patchup="hard",
                                  patchup_block=3, verbose=False),
-                   OutputMixup(alpha=2.0, lam_mode="batch", fold=False, prob=0.5)):
+                   ManifoldMixup(alpha=1.0, lam_mode="batch", prob=0.5, add_noise=0.4,
+                                 mult_noise=0.2, verbose=False),
+                   OutputMixup(alpha=2.0, lam_mode="batch", fold=False, prob=0.5, add_noise=0.1)):
         set_seed(0)
         spy = Spy(mixing)
         learn = Learner(dls, cnn(), loss_func=CrossEntropyLossFlat(), cbs=[mixing, spy])
