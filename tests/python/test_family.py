@@ -125,9 +125,12 @@ def test_the_papers_setting_mixes_and_weighs_as_the_papers_code():
 
 
 def test_settings_pickle_with_the_mixer():
-    m = _C.Mixer(alpha=2.0, seed=5, lam_mode="batch", fold=False, prob=0.5)
-    back = pickle.loads(pickle.dumps(m))
-    assert (back.lam_mode, back.fold, back.prob, back.seed) == ("batch", False, 0.5, 5)
+    for settings in (dict(lam_mode="batch", fold=False, prob=0.5, add_noise=0.4, mult_noise=0.2),
+                     dict(patchup="hard", patchup_block=5, patchup_gamma=0.5)):
+        m = _C.Mixer(alpha=2.0, seed=5, **settings)
+        back = pickle.loads(pickle.dumps(m))
+        assert back.seed == 5 and back.settings == m.settings
+        assert {k: back.settings[k] for k in settings} == settings
 
 
 @pytest.mark.parametrize("bad, error, words", [
