@@ -21,23 +21,42 @@
 
 namespace manifold_mixup::detail {
 
+// The Box-Muller inputs and the two uniforms of a pair, before any transcendental function.
+struct PairWords {
+  float u1;          // in (0, 1]: its log is finite
+  float angle;       // 2 pi u2, u2 in [0, 1)
+  float uniform[2];  // in [-1, 1)
+};
+
+C10_HOST_DEVICE inline PairWords pair_words(uint64_t key, uint64_t pair) {
+  at::Philox4_32 rng(key, pair, 0);
+  const uint32_t w0 = rng(), w1 = rng(), w2 = rng(), w3 = rng();
+  constexpr float kUnit = 1.0f / 16777216.0f;  // 2^-24: 24-bit floats, exact
+  PairWords p;
+  p.u1 = static_cast<float>((w0 >> 8) + 1) * kUnit;
+  p.angle = static_cast<float>(w1 >> 8) * kUnit * 6.2831853071795864769f;
+  p.uniform[0] = static_cast<float>(w2 >> 8) * (2 * kUnit) - 1.0f;
+  p.uniform[1] = static_cast<float>(w3 >> 8) * (2 * kUnit) - 1.0f;
+  return p;
+}
+
 struct NoisePair {
   float normal[2];
   float uniform[2];  // in [-1, 1)
 };
 
-C10_HOST_DEVICE inline NoisePair noise_pair(uint64_t key, uint64_t pair) {
-  at::Philox4_32 rng(key, pair, 0);
-  const uint32_t w0 = rng(), w1 = rng(), w2 = rng(), w3 = rng();
-  constexpr float kUnit = 1.0f / 16777216.0f;                    // 2^-24: 24-bit floats, exact
-  const float u1 = static_cast<float>((w0 >> 8) + 1) * kUnit;    // (0, 1]: log is finite
-  const float angle = static_cast<float>(w1 >> 8) * kUnit * 6.2831853071795864769f;
-  const float radius = ::sqrtf(-2.0f * ::logf(u1));
+// A pair's noise; the normals only when `normals` (they cost the transcendental functions).
+C10_HOST_DEVICE inline NoisePair noise_pair(uint64_t key, uint64_t pair, bool normals = true) {
+  const PairWords w = pair_words(key, pair);
   NoisePair p;
-  p.normal[0] = radius * ::cosf(angle);
-  p.normal[1] = radius * ::sinf(angle);
-  p.uniform[0] = static_cast<float>(w2 >> 8) * (2 * kUnit) - 1.0f;
-  p.uniform[1] = static_cast<float>(w3 >> 8) * (2 * kUnit) - 1.0f;
+  p.uniform[0] = w.uniform[0];
+  p.uniform[1] = w.uniform[1];
+  p.normal[0] = p.normal[1] = 0.0f;
+  if (normals) {
+    const float radius = ::sqrtf(-2.0f * ::logf(w.u1));
+    p.normal[0] = radius * ::cosf(w.angle);
+    p.normal[1] = radius * ::sinf(w.angle);
+  }
   return p;
 }
 

@@ -40,18 +40,58 @@ void lerp_pair(scalar_t* dst, const scalar_t* a, const scalar_t* b, opmath_t l, 
   at::vec::map2([l, m](Vec va, Vec vb) { return va * Vec(l) + vb * Vec(m); }, dst, a, b, n);
 }
 
+constexpr int64_t kNoiseBlock = 256;  // elements whose noise is drawn at a time
+
+// The noise of elements first .. first + n - 1 (n <= kNoiseBlock) into normal[] and uniform[]:
+// Philox per pair, then Box-Muller's log, sqrt, cos and sin vectorised (through Sleef where
+// ATen's vectors use it), the normals only when `normals`.
+void draw_noise(uint64_t key, int64_t first, int64_t n, bool normals, float* normal, float* uniform) {
+  using Vec = at::vec::Vectorized<float>;
+  constexpr int64_t kPairs = kNoiseBlock / 2 + 1;
+  float u1[kPairs], angle[kPairs], pair_normal[2 * kPairs], pair_uniform[2 * kPairs];
+  const int64_t p0 = first >> 1, pairs = ((first + n - 1) >> 1) - p0 + 1;
+  for (int64_t k = 0; k < pairs; ++k) {
+    const detail::PairWords w = detail::pair_words(key, static_cast<uint64_t>(p0 + k));
+    u1[k] = w.u1;
+    angle[k] = w.angle;
+    pair_uniform[2 * k] = w.uniform[0];
+    pair_uniform[2 * k + 1] = w.uniform[1];
+  }
+  const int64_t skip = first & 1;  // the first element may be the second of its pair
+  std::copy_n(pair_uniform + skip, n, uniform);
+  if (!normals) return;
+  for (int64_t k = 0; k < pairs; k += Vec::size()) {
+    const int64_t count = std::min<int64_t>(Vec::size(), pairs - k);
+    const Vec radius = (Vec(-2.0f) * Vec::loadu(u1 + k, count).log()).sqrt();
+    const Vec a = Vec::loadu(angle + k, count);
+    float c[Vec::size()], s[Vec::size()];
+    (radius * a.cos()).store(c, count);
+    (radius * a.sin()).store(s, count);
+    for (int64_t j = 0; j < count; ++j) {
+      pair_normal[2 * (k + j)] = c[j];
+      pair_normal[2 * (k + j) + 1] = s[j];
+    }
+  }
+  std::copy_n(pair_normal + skip, n, normal);
+}
+
 // Noisy Feature Mixup on n elements from element `first` (a flat index) on: the mix of a and b
-// (a copy of a when l == 1) with the noise of each element, in one pass. The draws cost more
-// than the arithmetic, so each Philox block serves the two elements of its pair.
+// (a copy of a when l == 1) with the noise of each element (ops/noise.h), in one pass over the
+// rows, the noise drawn a block at a time.
 template <typename scalar_t, typename opmath_t>
 void noisy_lerp(scalar_t* dst, const scalar_t* a, const scalar_t* b, opmath_t l, opmath_t m,
                 int64_t n, int64_t first, uint64_t key, float add, float mult) {
-  detail::NoisePair pair{};
-  for (int64_t e = 0; e < n; ++e) {
-    const int64_t index = first + e;
-    if (e == 0 || (index & 1) == 0) pair = detail::noise_pair(key, static_cast<uint64_t>(index >> 1));
-    const opmath_t v = l == opmath_t(1) ? opmath_t(a[e]) : l * opmath_t(a[e]) + m * opmath_t(b[e]);
-    dst[e] = static_cast<scalar_t>(detail::apply_noise(v, pair, int(index & 1), add, mult));
+  float normal[kNoiseBlock], uniform[kNoiseBlock];
+  for (int64_t s = 0; s < n; s += kNoiseBlock) {
+    const int64_t len = std::min(kNoiseBlock, n - s);
+    draw_noise(key, first + s, len, add != 0.0f, normal, uniform);
+    for (int64_t e = 0; e < len; ++e) {
+      const opmath_t own = opmath_t(a[s + e]);
+      opmath_t v = l == opmath_t(1) ? own : l * own + m * opmath_t(b[s + e]);
+      if (mult != 0.0f) v = v * (opmath_t(1) + opmath_t(mult * uniform[e]));
+      if (add != 0.0f) v = v + opmath_t(add * normal[e]);
+      dst[s + e] = static_cast<scalar_t>(v);
+    }
   }
 }
 

@@ -1,11 +1,10 @@
 // CPU kernel of manifold_mixup::patchup (see ops/patchup.h): the batch's block centres drawn
 // from Philox, dilated into the block mask (a row pass, then a column pass), then one fused pass
-// over the batch that reads each row and its partner once and writes the result once.
+// over the batch that reads each row and its partner once and writes the result once (a plain
+// loop the compiler vectorises for the build's CPU).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
@@ -22,17 +21,21 @@ namespace {
 
 constexpr int64_t kGrain = 1 << 15;
 
-// mask[c, h, w] = 1 within `radius` (Chebyshev distance, same channel) of a drawn centre.
+// mask[c, h, w] = 1 within `radius` (Chebyshev distance, same channel) of a drawn centre. The
+// mask is one per batch, a B-th of the work of the mix: it is drawn on one thread unless it is
+// large, so that a batch of small maps pays for no thread hand-off.
 std::vector<uint8_t> draw_mask(const detail::PatchUpGeometry& g, uint64_t key) {
   const int64_t hw = g.height * g.width, n = g.channels * hw, r = g.radius;
+  constexpr int64_t kMaskGrain = 1 << 18;  // features per task
   std::vector<uint8_t> centre(n), rows(n), mask(n);
-  at::parallel_for(0, n, kGrain / 16, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, n, kMaskGrain, [&](int64_t begin, int64_t end) {
     for (int64_t e = begin; e < end; ++e)
       centre[e] = detail::patchup_centre(key, static_cast<uint64_t>(e), g.threshold);
   });
   // Separable max-pool with padding: over w - r .. w + r, then over h - r .. h + r.
-  at::parallel_for(0, g.channels * g.height, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
+  at::parallel_for(0, g.channels, std::max<int64_t>(1, kMaskGrain / std::max<int64_t>(hw, 1)),
+                   [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin * g.height; row < end * g.height; ++row) {
       const uint8_t* in = centre.data() + row * g.width;
       uint8_t* out = rows.data() + row * g.width;
       for (int64_t w = 0; w < g.width; ++w) {
@@ -41,8 +44,6 @@ std::vector<uint8_t> draw_mask(const detail::PatchUpGeometry& g, uint64_t key) {
         out[w] = any;
       }
     }
-  });
-  at::parallel_for(0, g.channels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       for (int64_t h = 0; h < g.height; ++h) {
         uint8_t* out = mask.data() + c * hw + h * g.width;
@@ -55,6 +56,18 @@ std::vector<uint8_t> draw_mask(const detail::PatchUpGeometry& g, uint64_t key) {
     }
   });
   return mask;
+}
+
+// dst = in ? l * a + m * b : a over n elements, both sides computed so that the loop has no
+// branch and vectorises (a NaN of b where `in` is 0 is computed and dropped).
+template <typename scalar_t, typename opmath_t>
+void blend_in_blocks(scalar_t* dst, const scalar_t* a, const scalar_t* b, const scalar_t* in,
+                     opmath_t l, opmath_t m, int64_t n) {
+  for (int64_t e = 0; e < n; ++e) {
+    const opmath_t own = static_cast<opmath_t>(a[e]);
+    const opmath_t mixed = l * own + m * static_cast<opmath_t>(b[e]);
+    dst[e] = static_cast<opmath_t>(in[e]) != opmath_t(0) ? static_cast<scalar_t>(mixed) : a[e];
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor> patchup_cpu(const at::Tensor& x_in, const at::Tensor& perm_in,
@@ -77,7 +90,6 @@ std::tuple<at::Tensor, at::Tensor> patchup_cpu(const at::Tensor& x_in, const at:
   auto mask = at::empty({g.channels, g.height, g.width}, x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "patchup_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    using Vec = at::vec::Vectorized<opmath_t>;
     scalar_t* mp = mask.template mutable_data_ptr<scalar_t>();
     for (int64_t e = 0; e < features; ++e) mp[e] = scalar_t(bits[e]);
     const scalar_t* xp = x.template const_data_ptr<scalar_t>();
@@ -95,11 +107,7 @@ std::tuple<at::Tensor, at::Tensor> patchup_cpu(const at::Tensor& x_in, const at:
         if (l == opmath_t(1)) {
           std::memcpy(dst, own, n * sizeof(scalar_t));
         } else {
-          at::vec::map3(
-              [l, m](Vec a, Vec other, Vec in) {
-                return Vec::blendv(a, a * Vec(l) + other * Vec(m), in != Vec(0));
-              },
-              dst, own, xp + pp[i] * features + f, mp + f, n);
+          blend_in_blocks(dst, own, xp + pp[i] * features + f, mp + f, l, m, n);
         }
         begin += n;
         ++i;

@@ -140,7 +140,7 @@ __global__ void mix_kernel(const scalar_t* __restrict__ x, const int64_t* __rest
 #pragma unroll
       for (int e = 0; e < kVec; ++e) {
         const uint64_t index = static_cast<uint64_t>(u) * kVec + e;  // the element's logical index
-        if (e == 0 || (index & 1) == 0) pair = detail::noise_pair(k, index >> 1);
+        if (e == 0 || (index & 1) == 0) pair = detail::noise_pair(k, index >> 1, add != 0.0f);
         const opmath_t v = copy ? static_cast<opmath_t>(own.v[e])
                                 : l * static_cast<opmath_t>(own.v[e]) + m * static_cast<opmath_t>(other.v[e]);
         r.v[e] = static_cast<scalar_t>(detail::apply_noise(v, pair, static_cast<int>(index & 1), add, mult));
