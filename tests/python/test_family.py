@@ -551,3 +551,61 @@ def test_noise_and_patchup_do_not_go_together_and_levels_are_checked():
             OutputMixer(add_noise=bad)
     with pytest.raises(RuntimeError, match="do not go with PatchUp"):
         _C.Mixer(mult_noise=0.2, patchup="hard")
+
+
+# -- on CUDA (where torch sees a GPU; none was lent to this project, so these have not run) ------
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+
+
+@cuda
+def test_cuda_draws_the_cpus_mask_and_noise():
+    from torch.library import opcheck
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 16, 13, 13, generator=g)
+    perm, lam, key = torch.randperm(8, generator=g), torch.rand(8, generator=g), torch.tensor(321)
+    lam[2] = 1.0
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        xc = x.to(dtype)
+        out, mask = torch.ops.manifold_mixup.patchup(xc, perm, lam, key, 5, 0.8)
+        out_g, mask_g = torch.ops.manifold_mixup.patchup(xc.cuda(), perm.cuda(), lam.cuda(), key.cuda(), 5, 0.8)
+        assert torch.equal(mask_g.cpu(), mask) and torch.equal(out_g[2].cpu(), xc[2])
+        torch.testing.assert_close(out_g.cpu(), out)
+        noise = torch.tensor([0.4, 0.2])
+        mixed = torch.ops.manifold_mixup.mix(xc, perm, lam, noise, key)
+        mixed_g = torch.ops.manifold_mixup.mix(xc.cuda(), perm.cuda(), lam.cuda(), noise.cuda(), key.cuda())
+        torch.testing.assert_close(mixed_g.cpu(), mixed, rtol=1e-4, atol=1e-5)
+        zero = torch.ops.manifold_mixup.mix(xc.cuda(), perm.cuda(), lam.cuda(), torch.zeros(2, device="cuda"),
+                                            key.cuda())
+        assert torch.equal(zero, torch.ops.manifold_mixup.mix(xc.cuda(), perm.cuda(), lam.cuda()))
+    xs = x.cuda().requires_grad_()
+    ls = lam.cuda().requires_grad_()
+    opcheck(torch.ops.manifold_mixup.patchup.default, (xs, perm.cuda(), ls, key.cuda(), 5, 0.8))
+    opcheck(torch.ops.manifold_mixup.mix.default, (xs, perm.cuda(), ls, torch.tensor([0.4, 0.2], device="cuda"),
+                                                   key.cuda()))
+    xd = x[:4, :2, :6, :6].double().cuda().requires_grad_()
+    ld = torch.rand(4, dtype=torch.float64, device="cuda", requires_grad=True)
+    p4, k = torch.tensor([1, 3, 0, 2], device="cuda"), key.cuda()
+    assert torch.autograd.gradcheck(lambda a, l: torch.ops.manifold_mixup.patchup(a, p4, l, k, 3, 0.7)[0], (xd, ld))
+    noise = torch.tensor([0.4, 0.2], dtype=torch.float64, device="cuda")
+    assert torch.autograd.gradcheck(lambda a, l: torch.ops.manifold_mixup.mix(a, p4, l, noise, k), (xd, ld))
+
+
+@cuda
+def test_cuda_training_steps_with_noise_and_patchup():
+    for settings in (dict(add_noise=0.4, mult_noise=0.2), dict(patchup="soft", patchup_block=3),
+                     dict(patchup="hard", patchup_block=3, prob=0.7)):
+        model = paper_model().cuda()
+        mm = ManifoldMixer(model, alpha=2.0, modules=[model[1], model[2]], seed=0, verbose=False,
+                           **settings)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        for _ in range(4):
+            x, y = torch.randn(6, 1, 5, 5, device="cuda"), torch.randint(0, 3, (6,), device="cuda")
+            with mm.batch(x) as xb:
+                loss = mm.loss(F.cross_entropy, model(xb), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            assert torch.isfinite(loss)
+        assert sum(mm.mixer.point_mixes) + mm.mixer.input_mixes + mm.mixer.skipped_batches == 4
+        mm.remove()
