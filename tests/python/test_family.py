@@ -609,3 +609,40 @@ def test_cuda_training_steps_with_noise_and_patchup():
             assert torch.isfinite(loss)
         assert sum(mm.mixer.point_mixes) + mm.mixer.input_mixes + mm.mixer.skipped_batches == 4
         mm.remove()
+
+
+@pytest.mark.parametrize("settings", [dict(add_noise=0.4, mult_noise=0.2), dict(patchup="soft", patchup_block=3)],
+                         ids=["nfm", "patchup"])
+def test_a_checkpointed_point_recomputes_the_same_noise_and_mask(settings):
+    "The key replays with lam and perm: the gradients equal the un-checkpointed model's."
+    from torch.utils.checkpoint import checkpoint
+
+    class Net(nn.Module):
+        def __init__(self, ckpt):
+            super().__init__()
+            torch.manual_seed(0)
+            self.stem, self.blocks = nn.Conv2d(1, 4, 3, padding=1), nn.ModuleList([ResBlock(4), ResBlock(4)])
+            self.head, self.ckpt = nn.Linear(4, 3), ckpt
+
+        def forward(self, x):
+            h = self.stem(x)
+            for b in self.blocks:
+                h = checkpoint(b, h, use_reentrant=False) if self.ckpt else b(h)
+            return self.head(h.mean((2, 3)))
+
+    ref, net = Net(False), Net(True)
+    mms = [ManifoldMixer(m, alpha=1.0, seed=5, input_mixup=False, verbose=False, **settings)
+           for m in (ref, net)]
+    for step in range(6):
+        g = torch.Generator().manual_seed(step)
+        x, y = torch.randn(6, 1, 5, 5, generator=g), torch.randint(0, 3, (6,), generator=g)
+        grads = []
+        for m, mm in zip((ref, net), mms):
+            m.zero_grad()
+            with mm.batch(x) as xb:
+                loss = mm.loss(F.cross_entropy, m(xb), y)
+            loss.backward()
+            grads.append([p.grad.clone() for p in m.parameters()])
+        for g_ref, g_net in zip(*grads):
+            torch.testing.assert_close(g_net, g_ref, rtol=1e-5, atol=1e-6)
+    assert sum(mms[1].mixer.point_mixes) == 6
