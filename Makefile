@@ -68,7 +68,8 @@ demo: build
 	$(PYTHON) demo/digits.py --out demo_out
 
 bench: build
-	$(PYTHON) bench/bench_mix.py && $(PYTHON) bench/bench_step.py && $(PYTHON) bench/bench_compile.py
+	$(PYTHON) bench/bench_mix.py && $(PYTHON) bench/bench_step.py && $(PYTHON) bench/bench_compile.py \
+	  && $(PYTHON) bench/bench_family.py
 
 clean:
 	rm -rf $(BUILD) python/manifold_mixup/_C*.so python/manifold_mixup/_build_info.py \

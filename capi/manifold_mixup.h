@@ -174,13 +174,28 @@ typedef enum mm_schedule_kind {
   MM_SCHEDULE_POLYNOMIAL = 4   /* alpha_min + (alpha_max - alpha_min) * p ^ 2 */
 } mm_schedule_kind;
 
+/* How many draws of Beta(alpha, alpha) a batch takes. */
+typedef enum mm_lambda_mode {
+  MM_LAMBDA_SAMPLE = 0, /* one weight per sample (the reference fastai extension's) */
+  MM_LAMBDA_BATCH = 1   /* one weight for the whole batch (the paper's code) */
+} mm_lambda_mode;
+
+/* What mixing does at the chosen point. */
+typedef enum mm_method {
+  MM_METHOD_MIXUP = 0,        /* lam[i] h[i] + (1 - lam[i]) h[perm[i]] over the whole output */
+  MM_METHOD_PATCHUP_SOFT = 1, /* PatchUp: that mix inside blocks of feature maps [B, C, H, W] */
+  MM_METHOD_PATCHUP_HARD = 2  /* PatchUp: the blocks swapped (h[perm[i]] inside them) */
+} mm_method;
+
 /* Configuration of a mixer. Fill it with mm_mixer_config_init(&cfg, sizeof cfg), then change
  * fields. `size` lets the struct grow: the library reads only the fields that lie wholly within
  * `size` bytes, so a program built against an older header, whose struct is smaller, gets the
  * defaults for the fields it does not have. Bytes beyond the library's own struct (a program
  * built against a newer header, run with an older library) must be zero, as
  * mm_mixer_config_init leaves them: a field this library does not know is refused, never
- * silently ignored. */
+ * silently ignored. So that this holds for every setting, the fields after total_steps are
+ * zero by default: a program that leaves them alone runs the same against a library that
+ * predates them, and one that sets them is refused there. */
 typedef struct mm_mixer_config {
   size_t size;          /* the caller's sizeof(mm_mixer_config), set by mm_mixer_config_init */
   double alpha;         /* Beta(alpha, alpha) weights; 0 means no mixing. Default 0.4 */
@@ -193,6 +208,24 @@ typedef struct mm_mixer_config {
   double alpha_min;     /* Default 0.0; must be > 0 for MM_SCHEDULE_EXPONENTIAL */
   double alpha_max;     /* Default 0.6 */
   int64_t total_steps;  /* Default 0; must be >= 1 with a schedule */
+  mm_lambda_mode lam_mode; /* Default MM_LAMBDA_SAMPLE */
+  int no_fold;          /* nonzero: each weight as drawn (the paper's code); zero: folded to
+                           max(lam, 1 - lam), so that each sample keeps the larger share. Default 0 */
+  double skip_prob;     /* probability in [0, 1] that a batch does not mix at all: it draws no
+                           weights, no permutation and no point (MM_POINT_NONE) and is counted in
+                           mm_mixer_skipped_batches (Python's prob is 1 - skip_prob). Default 0 */
+  double add_noise;     /* Noisy Feature Mixup (Lim et al.), MM_METHOD_MIXUP only: after the mix,
+                           h <- (1 + mult_noise * s_m * U) * h + add_noise * s_a * N, with U
+                           uniform on [-1, 1] and N normal per element and s_m, s_a ~ Beta(2, 5)
+                           per batch, as the authors' code; >= 0. Default 0 (no noise) */
+  double mult_noise;    /* Default 0 */
+  mm_method method;     /* Default MM_METHOD_MIXUP. PatchUp (Faramarzi et al.) mixes only
+                           outputs [B, C, H, W]: a point or input of another shape makes the
+                           forward fail with MM_ERR_TORCH. Hard PatchUp draws no weights (lam is 0
+                           in the blocks); alpha 0 still turns mixing off. The mixed losses weigh
+                           the targets by the blocks' area (see mm_batch_target_weights) */
+  int64_t patchup_block; /* PatchUp's block size, odd; 0 (default) means 7, the authors' default */
+  double patchup_gamma; /* PatchUp's gamma in (0, 1]; 0 (default) means 0.9, the authors' default */
 } mm_mixer_config;
 
 /* Writes `size` bytes at config: the defaults in the fields that lie wholly within them,
@@ -203,7 +236,9 @@ MM_API mm_status mm_mixer_config_init(mm_mixer_config* config, size_t size);
 /* Creates a mixer. Errors: MM_ERR_NULL; MM_ERR_ARG (config->size smaller than the size field,
  * or a nonzero byte beyond the library's struct; alpha negative or not finite; a bad
  * schedule: an unknown kind, alpha_min or alpha_max negative or not finite, total_steps < 1,
- * or alpha_min 0 for the exponential one, which would stay 0), MM_ERR_NOMEM. */
+ * or alpha_min 0 for the exponential one, which would stay 0; an unknown lam_mode; skip_prob
+ * outside [0, 1]; add_noise or mult_noise negative or not finite, or set with PatchUp; an unknown
+ * method, an even or negative patchup_block, patchup_gamma outside [0, 1]), MM_ERR_NOMEM. */
 MM_API mm_status mm_mixer_create(const mm_mixer_config* config, mm_mixer** out);
 
 /* Frees the mixer handle, ending its batch if one is open. An installed hook keeps what it
@@ -232,14 +267,18 @@ MM_API mm_status mm_mixer_repeated_calls(const mm_mixer* mixer, int64_t* count);
  * did not run in training mode in the batch's latest forward (a plain forward, evaluation mode,
  * a method that does not call it): they trained on the plain loss. Errors: MM_ERR_NULL. */
 MM_API mm_status mm_mixer_unmixed_batches(const mm_mixer* mixer, int64_t* count);
+/* Batches that skip_prob left unmixed (no point chosen, by design: not unmixed batches).
+ * Errors: MM_ERR_NULL. */
+MM_API mm_status mm_mixer_skipped_batches(const mm_mixer* mixer, int64_t* count);
 
 /* The chosen point of a batch: an index of mm_hook_point_name, or one of these. */
 #define MM_POINT_INPUT (-1) /* the input is mixed (by mm_forward) */
 #define MM_POINT_NONE (-2)  /* nothing mixes (alpha is 0, or no candidate) */
 
-/* Starts a batch of `batch_size` samples: draws one weight per sample lam ~ Beta(alpha,
- * alpha) folded to max(lam, 1 - lam), a permutation of the batch, and the point that mixes
- * (uniformly among the hook's points and, if input_mixup, the input). Writes the point to
+/* Starts a batch of `batch_size` samples: unless skip_prob skips it, draws the weights lam ~
+ * Beta(alpha, alpha) (one per sample, or one per batch; folded to max(lam, 1 - lam) unless
+ * no_fold), a permutation of the batch, and the point that mixes (uniformly among the hook's
+ * points and, if input_mixup, the input). Writes the point to
  * *chosen when chosen is not NULL. Until mm_batch_end, the chosen point mixes in every
  * forward pass that runs it in training mode, all but a plain one (see mm_forward), with the
  * batch's weights and permutation: once per mm_forward (its first call in that forward).
@@ -260,6 +299,13 @@ MM_API mm_status mm_batch_begin_on(mm_mixer* mixer, int64_t batch_size, const ch
  * either output may be NULL (it is then not copied). Errors: MM_ERR_NULL (mixer),
  * MM_ERR_STATE (no batch), MM_ERR_NOMEM. */
 MM_API mm_status mm_batch_weights(const mm_mixer* mixer, mm_tensor** lam, mm_tensor** perm);
+
+/* A copy (float32 [B], new tensor) of the weight of each sample's own target in the mixed
+ * losses and mm_mix_targets: lam, except for PatchUp after a forward that mixed:
+ * 1 - changed * (1 - lam[i]), changed the fraction of features in the batch's blocks (soft: the
+ * unchanged fraction plus lam of the changed one; hard: the unchanged fraction). Errors:
+ * MM_ERR_NULL, MM_ERR_STATE (no batch). */
+MM_API mm_status mm_batch_target_weights(const mm_mixer* mixer, mm_tensor** weights);
 
 /* Whether the batch's latest forward mixed: *mixed is 1 once the chosen point has mixed in
  * it (a module point), or the batch's input was mixed (the input point), else 0. The mixed

@@ -1,5 +1,6 @@
 // The C ABI's mixer: its configuration (a struct that grows by its size field), alpha and the
 // schedule, counters, and the batch: begin, weights, end.
+#include <cmath>
 #include <cstddef>
 #include <cstring>
 #include <memory>
@@ -27,6 +28,14 @@ void set_defaults(mm_mixer_config* c) {
   c->alpha_min = 0.0;
   c->alpha_max = 0.6;
   c->total_steps = 0;
+  c->lam_mode = MM_LAMBDA_SAMPLE;
+  c->no_fold = 0;
+  c->skip_prob = 0.0;
+  c->add_noise = 0.0;
+  c->mult_noise = 0.0;
+  c->method = MM_METHOD_MIXUP;
+  c->patchup_block = 0;
+  c->patchup_gamma = 0.0;
 }
 
 // Calls fn(offset, size, field of `c`) for every field after `size`, in order.
@@ -41,6 +50,14 @@ void for_each_field(mm_mixer_config& c, Fn&& fn) {
   MM_FIELD(alpha_min);
   MM_FIELD(alpha_max);
   MM_FIELD(total_steps);
+  MM_FIELD(lam_mode);
+  MM_FIELD(no_fold);
+  MM_FIELD(skip_prob);
+  MM_FIELD(add_noise);
+  MM_FIELD(mult_noise);
+  MM_FIELD(method);
+  MM_FIELD(patchup_block);
+  MM_FIELD(patchup_gamma);
 #undef MM_FIELD
 }
 
@@ -118,6 +135,24 @@ mm_status mm_mixer_create(const mm_mixer_config* config, mm_mixer** out) {
     o.input_mixup = c.input_mixup != 0;
     if (c.has_seed) o.seed = c.seed;
     o.schedule = schedule_of(c);
+    MM_CHECK_ARG(c.lam_mode == MM_LAMBDA_SAMPLE || c.lam_mode == MM_LAMBDA_BATCH, "config->lam_mode ",
+                 static_cast<int>(c.lam_mode), " is not an mm_lambda_mode");
+    o.lam_mode = c.lam_mode == MM_LAMBDA_BATCH ? manifold_mixup::LamMode::Batch
+                                                : manifold_mixup::LamMode::Sample;
+    o.fold = c.no_fold == 0;
+    MM_CHECK_ARG(std::isfinite(c.skip_prob) && c.skip_prob >= 0 && c.skip_prob <= 1,
+                 "config->skip_prob must be a probability in [0, 1], got ", c.skip_prob);
+    o.prob = 1 - c.skip_prob;
+    o.add_noise = c.add_noise;
+    o.mult_noise = c.mult_noise;
+    switch (c.method) {
+      case MM_METHOD_MIXUP: o.method = manifold_mixup::Method::Mixup; break;
+      case MM_METHOD_PATCHUP_SOFT: o.method = manifold_mixup::Method::PatchUpSoft; break;
+      case MM_METHOD_PATCHUP_HARD: o.method = manifold_mixup::Method::PatchUpHard; break;
+      default: MM_CHECK_ARG(false, "config->method ", static_cast<int>(c.method), " is not an mm_method");
+    }
+    if (c.patchup_block != 0) o.patchup_block = c.patchup_block;  // else the authors' 7
+    if (c.patchup_gamma != 0) o.patchup_gamma = c.patchup_gamma;  // else the authors' 0.9
     auto mixer = std::make_shared<Mixer>(o);
     *out = new mm_mixer{mm_mixer::kMagic, std::move(mixer)};
   });
@@ -161,6 +196,7 @@ MM_COUNTER(mm_mixer_batches, batches)
 MM_COUNTER(mm_mixer_input_mixes, input_mixes)
 MM_COUNTER(mm_mixer_repeated_calls, repeated_calls)
 MM_COUNTER(mm_mixer_unmixed_batches, unmixed_batches)
+MM_COUNTER(mm_mixer_skipped_batches, skipped_batches)
 #undef MM_COUNTER
 
 mm_status mm_batch_begin(mm_mixer* mixer, int64_t batch_size, int64_t* chosen) {
@@ -186,6 +222,14 @@ mm_status mm_batch_weights(const mm_mixer* mixer, mm_tensor** lam, mm_tensor** p
     std::unique_ptr<mm_tensor> p(perm ? manifold_mixup::capi::new_tensor(m.perm().clone()) : nullptr);
     if (lam) *lam = l.release();
     if (perm) *perm = p.release();
+  });
+}
+
+mm_status mm_batch_target_weights(const mm_mixer* mixer, mm_tensor** weights) {
+  return guard(__func__, [&] {
+    const Mixer& m = require_batch(mixer);
+    nonnull(weights, "weights");
+    *weights = manifold_mixup::capi::new_tensor(m.target_weights().clone());
   });
 }
 

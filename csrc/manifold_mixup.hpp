@@ -27,6 +27,7 @@
 #include "mixer.h"
 #include "mixup_point.h"
 #include "ops/mix.h"
+#include "ops/patchup.h"
 #include "point_rewrite.h"
 #include "schedule.h"
 #include "selection.h"

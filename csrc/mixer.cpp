@@ -18,6 +18,7 @@
 
 #include "errors.h"
 #include "ops/mix.h"
+#include "ops/patchup.h"
 
 namespace manifold_mixup {
 
@@ -30,6 +31,25 @@ void check_alpha(double alpha, const char* name) {
 
 Mixer::Mixer(MixerOptions options) : options_(std::move(options)), alpha_(options_.alpha) {
   check_alpha(alpha_, "alpha");
+  MM_CHECK_ARG(options_.lam_mode == LamMode::Sample || options_.lam_mode == LamMode::Batch,
+               "lam_mode must be LamMode::Sample or LamMode::Batch, got ", int(options_.lam_mode));
+  MM_CHECK_ARG(std::isfinite(options_.prob) && options_.prob >= 0 && options_.prob <= 1,
+               "prob (the probability that a batch mixes) must be in [0, 1], got ", options_.prob);
+  MM_CHECK_ARG(options_.method == Method::Mixup || options_.method == Method::PatchUpSoft ||
+                   options_.method == Method::PatchUpHard,
+               "method must be Mixup, PatchUpSoft or PatchUpHard, got ", int(options_.method));
+  for (const double level : {options_.add_noise, options_.mult_noise}) {
+    MM_CHECK_ARG(std::isfinite(level) && level >= 0, "add_noise and mult_noise (Noisy Feature ",
+                 "Mixup's levels) must be finite and >= 0, got ", level);
+  }
+  MM_CHECK_ARG(!(noisy() && patchup()), "add_noise and mult_noise are Noisy Feature Mixup's, which ",
+               "mixes whole outputs: they do not go with PatchUp");
+  MM_CHECK_ARG(options_.patchup_block >= 1 && options_.patchup_block % 2 == 1,
+               "patchup_block must be an odd number >= 1 (the block is centred on a feature), got ",
+               options_.patchup_block);
+  MM_CHECK_ARG(std::isfinite(options_.patchup_gamma) && options_.patchup_gamma >= 0 &&
+                   options_.patchup_gamma <= 1,
+               "patchup_gamma must be in [0, 1], got ", options_.patchup_gamma);
   if (options_.schedule) options_.schedule->validate();
   if (options_.seed) own_generator_ = at::make_generator<at::CPUGeneratorImpl>(*options_.seed);
   if (options_.schedule) set_step(0);
@@ -82,13 +102,13 @@ at::Generator Mixer::cpu_generator() const {
 }
 
 namespace {
-// One draw of Beta(alpha, alpha) folded to max(l, 1 - l), alpha > 0. Beta(a, a) is
+// One draw of Beta(alpha, alpha), alpha > 0, folded to max(l, 1 - l) when `fold`. Beta(a, a) is
 // G1 / (G1 + G2) with G ~ Gamma(a), and Gamma(a) is Gamma(a + 1) * U^(1/a); so l = sigmoid(d),
 // d = log(g1 / g2) + log(u1 / u2) / a, finite for tiny a, where Gamma(a) itself underflows to 0
 // (torch's Dirichlet sampler then returns 0.5, the strongest mixing). The log-uniforms are
 // subtracted before dividing by a: for a subnormal a each quotient alone overflows to -inf,
 // and -inf - -inf is NaN. Folded, max(l, 1 - l) = sigmoid(|d|).
-double folded_beta(double alpha, at::CPUGeneratorImpl* gen) {
+double beta_draw(double alpha, bool fold, at::CPUGeneratorImpl* gen) {
   auto uniform = [gen] { return at::uniform_real_distribution<double>(0.0, 1.0)(gen); };
   auto normal = [gen] { return at::normal_distribution<double>(0.0, 1.0)(gen); };
   BaseSampler<double, decltype(uniform)> u(uniform);
@@ -96,42 +116,71 @@ double folded_beta(double alpha, at::CPUGeneratorImpl* gen) {
   const double log_g = std::log(sample_gamma<double, double>(alpha + 1, u, n)) -
                        std::log(sample_gamma<double, double>(alpha + 1, u, n));
   const double log_u = std::log1p(-uniform()) - std::log1p(-uniform());  // U in (0, 1]
-  return 1 / (1 + std::exp(-std::abs(log_g + log_u / alpha)));
+  const double d = log_g + log_u / alpha;
+  return 1 / (1 + std::exp(-(fold ? std::abs(d) : d)));
+}
+
+// One draw of Beta(a, b), a, b >= 1 (NFM's Beta(2, 5)): G_a / (G_a + G_b).
+double beta_ab_draw(double a, double b, at::CPUGeneratorImpl* gen) {
+  auto uniform = [gen] { return at::uniform_real_distribution<double>(0.0, 1.0)(gen); };
+  auto normal = [gen] { return at::normal_distribution<double>(0.0, 1.0)(gen); };
+  BaseSampler<double, decltype(uniform)> u(uniform);
+  BaseSampler<double, decltype(normal)> n(normal);
+  const double ga = sample_gamma<double, double>(a, u, n), gb = sample_gamma<double, double>(b, u, n);
+  return ga / (ga + gb);
 }
 }  // namespace
 
 // A handful of tensor ops per batch cost more than the draws: everything is drawn in one loop
-// on the CPU generator into one host buffer (perm as int64, the chosen point as int64, then lam
-// as float32), moved to the batch's device by one copy, pinned for CUDA so that the copy does
-// not wait for the host. The order of the draws (weights, permutation, point) is fixed: the
-// same seed gives the same batches.
+// on the CPU generator into one host buffer (perm as int64, the chosen point and the Philox key
+// as int64, then lam and the noise levels as float32), moved to the batch's device by one copy,
+// pinned for CUDA so that the copy does not wait for the host. The order of the draws (whether
+// the batch mixes, weights, permutation, point, key, noise levels) is fixed: the same seed gives
+// the same batches. A draw a setting makes pointless is not taken (none for prob 1, one Beta
+// draw per batch in batch mode, none for hard PatchUp, no key without PatchUp or noise), so that
+// with the defaults the draws are those of every earlier version.
 void Mixer::draw_batch(int64_t batch_size, at::Device device) {
-  MM_CHECK_ARG(batch_size <= (std::numeric_limits<int64_t>::max() - 8) / 12, "begin_batch: batch_size ",
+  MM_CHECK_ARG(batch_size <= (std::numeric_limits<int64_t>::max() - 24) / 12, "begin_batch: batch_size ",
                batch_size, " is more than memory can hold (12 bytes a sample for its weight and permutation)");
-  const int64_t b = batch_size, perm_bytes = b * 8, chosen_bytes = 8;
-  auto host = at::empty({perm_bytes + chosen_bytes + b * 4},
+  const int64_t b = batch_size, perm_bytes = b * 8, scalar_bytes = 16;
+  auto host = at::empty({perm_bytes + scalar_bytes + b * 4 + 8},
                         at::TensorOptions().dtype(at::kByte).pinned_memory(device.is_cuda()));
   uint8_t* bytes = host.mutable_data_ptr<uint8_t>();
   auto* perm = reinterpret_cast<int64_t*>(bytes);
   auto* chosen = reinterpret_cast<int64_t*>(bytes + perm_bytes);
-  auto* lam = reinterpret_cast<float*>(bytes + perm_bytes + chosen_bytes);
+  auto* key = chosen + 1;
+  auto* lam = reinterpret_cast<float*>(bytes + perm_bytes + scalar_bytes);
+  float* noise = lam + b;  // add and mult levels
   const int64_t candidates = num_points() + (options_.input_mixup ? 1 : 0);
+  bool skipped = false;
   {
     const at::Generator g = cpu_generator();
     auto* gen = g.get<at::CPUGeneratorImpl>();
     std::lock_guard<std::mutex> lock(gen->mutex_);
-    for (int64_t i = 0; i < b; ++i) lam[i] = alpha_ == 0 ? 1.f : float(folded_beta(alpha_, gen));
-    // Fisher-Yates, as at::randperm on the CPU.
+    if (alpha_ > 0 && options_.prob < 1)
+      skipped = !(at::uniform_real_distribution<double>(0.0, 1.0)(gen) < options_.prob);
     for (int64_t i = 0; i < b; ++i) perm[i] = i;
-    for (int64_t i = 0; i + 1 < b; ++i) {
-      std::swap(perm[i], perm[i + at::uniform_int_from_to_distribution<int64_t>(b - i, 0)(gen)]);
-    }
     *chosen = kNoPoint;
-    if (alpha_ > 0 && candidates > 0) {
-      const int64_t pick = at::uniform_int_from_to_distribution<int64_t>(candidates, 0)(gen);
-      *chosen = pick < num_points() ? pick : kInputPoint;
+    *key = 0;
+    noise[0] = noise[1] = 0.f;
+    if (skipped) {
+      std::fill(lam, lam + b, 1.f);
+    } else {
+      draw_weights(lam, b, gen);
+      // Fisher-Yates, as at::randperm on the CPU.
+      for (int64_t i = 0; i + 1 < b; ++i) {
+        std::swap(perm[i], perm[i + at::uniform_int_from_to_distribution<int64_t>(b - i, 0)(gen)]);
+      }
+      if (alpha_ > 0 && candidates > 0) {
+        const int64_t pick = at::uniform_int_from_to_distribution<int64_t>(candidates, 0)(gen);
+        *chosen = pick < num_points() ? pick : kInputPoint;
+        if (patchup() || noisy()) *key = static_cast<int64_t>(gen->random64());
+        if (options_.add_noise > 0) noise[0] = float(options_.add_noise * beta_ab_draw(2, 5, gen));
+        if (options_.mult_noise > 0) noise[1] = float(options_.mult_noise * beta_ab_draw(2, 5, gen));
+      }
     }
   }
+  if (skipped) ++skipped_batches_;
   chosen_ = *chosen;
   // Streams: the copy is enqueued on the stream current here (begin_batch's), so lam, perm and
   // the chosen point are ready in that stream's order, and only there. Every later use on that
@@ -143,8 +192,22 @@ void Mixer::draw_batch(int64_t batch_size, at::Device device) {
   // the host allocator reuses it only once the copy is done.
   const auto on_device = device.is_cpu() ? host : host.to(device, /*non_blocking=*/true);
   perm_ = on_device.narrow(0, 0, perm_bytes).view(at::kLong);
-  chosen_tensor_ = on_device.narrow(0, perm_bytes, chosen_bytes).view(at::kLong).squeeze(0);
-  lam_ = on_device.narrow(0, perm_bytes + chosen_bytes, b * 4).view(at::kFloat);
+  chosen_tensor_ = on_device.narrow(0, perm_bytes, 8).view(at::kLong).squeeze(0);
+  key_ = on_device.narrow(0, perm_bytes + 8, 8).view(at::kLong).squeeze(0);
+  lam_ = on_device.narrow(0, perm_bytes + scalar_bytes, b * 4).view(at::kFloat);
+  noise_ = noisy() ? on_device.narrow(0, perm_bytes + scalar_bytes + b * 4, 8).view(at::kFloat)
+                   : at::Tensor();
+  weights_ = lam_;
+}
+
+void Mixer::draw_weights(float* lam, int64_t b, at::CPUGeneratorImpl* gen) const {
+  if (alpha_ == 0 || options_.method == Method::PatchUpHard) {
+    std::fill(lam, lam + b, alpha_ == 0 ? 1.f : 0.f);
+    return;
+  }
+  const int64_t draws = options_.lam_mode == LamMode::Sample ? b : 1;
+  for (int64_t i = 0; i < draws; ++i) lam[i] = float(beta_draw(alpha_, options_.fold, gen));
+  std::fill(lam + draws, lam + b, lam[0]);
 }
 
 int64_t Mixer::begin_batch(int64_t batch_size, at::Device device) {
@@ -172,15 +235,30 @@ void Mixer::check_batch_tensor(const at::Tensor& t, const char* what) const {
               lam_.device(), "), got ", t.device());
 }
 
-at::Tensor Mixer::mix(const at::Tensor& t) const {
-  check_batch_tensor(t, "mix");
-  return manifold_mixup::mix(t, perm_, lam_);
+std::tuple<at::Tensor, at::Tensor> Mixer::apply(const at::Tensor& t, const char* what) const {
+  check_batch_tensor(t, what);
+  if (!patchup()) {
+    if (!noisy()) return {manifold_mixup::mix(t, perm_, lam_), at::Tensor()};
+    return {manifold_mixup::mix(t, perm_, lam_, noise_, key_), at::Tensor()};
+  }
+  MM_CHECK_ARG(t.dim() == 4, what, ": the method is PatchUp, which mixes feature maps [B, C, H, W], ",
+               "got a tensor of shape ", t.sizes());
+  return manifold_mixup::patchup(t, perm_, lam_, key_, options_.patchup_block, options_.patchup_gamma);
 }
+
+void Mixer::record_mask(const at::Tensor& mask) {
+  if (!patchup()) return;
+  const auto changed = mask.to(at::kFloat).mean();
+  weights_ = 1 - changed * (1 - lam_);
+}
+
+at::Tensor Mixer::mix(const at::Tensor& t) const { return std::get<0>(apply(t, "mix")); }
 
 at::Tensor Mixer::mix_input(const at::Tensor& x) {
   check_in_batch("mix_input");
   if (chosen_ != kInputPoint) return x;
-  auto out = mix(x);
+  auto [out, mask] = apply(x, "mix_input");
+  record_mask(mask);
   if (!input_mixed_) ++input_mixes_;
   input_mixed_ = true;
   return out;
@@ -207,18 +285,23 @@ at::Tensor Mixer::point_output(int64_t point, const at::Tensor& out) {
     ++repeated_calls_;
     return out;
   }
-  auto mixed = mix(out);
+  auto [mixed, mask] = apply(out, "point_output");
+  record_mask(mask);
   count_point_mix(point);
   return mixed;
 }
 
-void Mixer::record_point_mixed(int64_t point, int64_t calls) {
+void Mixer::record_point_mixed(int64_t point, int64_t calls, const at::Tensor& mask) {
   check_in_batch("record_point_mixed");
   MM_CHECK_STATE(point == chosen_ && point >= 0, "record_point_mixed: point ", point,
               " is not the batch's chosen point (", chosen_, ")");
   MM_CHECK_ARG(calls >= 1, "record_point_mixed: calls must be >= 1 (the mixed call), got ", calls);
   MM_CHECK_STATE(!fired_[point], "record_point_mixed: point ", point, " has already mixed in this ",
                  "forward (call begin_forward before the next one)");
+  MM_CHECK_ARG(!patchup() || (mask.defined() && mask.dim() == 3 && mask.device() == lam_.device()),
+               "record_point_mixed: the method is PatchUp: pass the mask [C, H, W] the patchup op ",
+               "returned (it weighs the targets), on the batch's device");
+  record_mask(mask);
   count_point_mix(point);
   repeated_calls_ += calls - 1;
 }
@@ -232,7 +315,7 @@ at::Tensor Mixer::mixed_loss(const at::Tensor& loss_own, const at::Tensor& loss_
   if (!mixed()) return loss_own;
   std::vector<int64_t> shape(loss_own.dim(), 1);
   shape[0] = batch_size_;
-  const auto lam = lam_.to(loss_own.scalar_type()).view(shape);
+  const auto lam = weights_.to(loss_own.scalar_type()).view(shape);
   return lam * loss_own + (1 - lam) * loss_other;
 }
 
@@ -276,8 +359,8 @@ at::Tensor loss_precision(const at::Tensor& t) {
 }
 
 // The class weight of each target (1 without weights), 0 where it is ignored.
-at::Tensor target_weights(const at::Tensor& target, const at::Tensor& weight, int64_t ignore_index,
-                          at::ScalarType dtype) {
+at::Tensor kept_class_weights(const at::Tensor& target, const at::Tensor& weight, int64_t ignore_index,
+                              at::ScalarType dtype) {
   if (!weight.defined()) return (target != ignore_index).to(dtype);
   const auto ignored = target == ignore_index;
   return weight.index_select(0, target.masked_fill(ignored, 0).flatten())
@@ -294,7 +377,7 @@ at::Tensor Mixer::mix_class_loss(const at::Tensor& log_probs, const at::Tensor& 
   const auto other_target = target.index_select(0, perm_);
   std::vector<int64_t> shape(target.dim(), 1);
   shape[0] = batch_size_;
-  const auto lam = lam_.to(dtype).view(shape);  // over the elements of each sample
+  const auto lam = weights_.to(dtype).view(shape);  // over the elements of each sample
   const auto none = at::Reduction::None;
   auto loss = lam * at::nll_loss_nd(log_probs, target, weight, none, ignore) +
               (1 - lam) * at::nll_loss_nd(log_probs, other_target, weight, none, ignore);
@@ -311,8 +394,8 @@ at::Tensor Mixer::mix_class_loss(const at::Tensor& log_probs, const at::Tensor& 
   }
   if (options.reduction == at::Reduction::None) return loss;
   if (options.reduction == at::Reduction::Sum) return loss.sum();
-  const auto kept_weight = lam * target_weights(target, weight, ignore, dtype) +
-                           (1 - lam) * target_weights(other_target, weight, ignore, dtype);
+  const auto kept_weight = lam * kept_class_weights(target, weight, ignore, dtype) +
+                           (1 - lam) * kept_class_weights(other_target, weight, ignore, dtype);
   return loss.sum() / kept_weight.sum();
 }
 
@@ -348,7 +431,7 @@ at::Tensor Mixer::mix_targets(const at::Tensor& y) const {
   MM_CHECK_ARG(at::isFloatingType(y.scalar_type()), "mix_targets: the targets must be a floating ",
               "tensor (regression), got ", y.scalar_type(), "; integer targets are class indices: ",
               "mix the loss instead (mixed_cross_entropy or mixed_loss)");
-  return mixed() ? manifold_mixup::mix(y, perm_, lam_) : y;
+  return mixed() ? manifold_mixup::mix(y, perm_, weights_) : y;
 }
 
 void Mixer::end_batch() {
@@ -360,7 +443,7 @@ void Mixer::end_batch() {
 
 void Mixer::reset_counters() {
   std::fill(mixes_.begin(), mixes_.end(), 0);
-  input_mixes_ = batches_ = repeated_calls_ = unmixed_batches_ = 0;
+  input_mixes_ = batches_ = repeated_calls_ = unmixed_batches_ = skipped_batches_ = 0;
 }
 
 }  // namespace manifold_mixup

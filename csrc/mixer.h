@@ -2,8 +2,11 @@
 // pybind11), C++ hosts and the C ABI.
 //
 // One training batch:
-//   begin_batch(B, device)   lam[B] ~ Beta(alpha, alpha) folded to max(lam, 1 - lam),
-//                            perm = a random permutation of B, and the point that mixes
+//   begin_batch(B, device)   with probability `prob` the batch mixes: lam[B] ~ Beta(alpha,
+//                            alpha) (one draw per sample, or one per batch), folded to
+//                            max(lam, 1 - lam) unless `fold` is off, perm = a random
+//                            permutation of B, and the point that mixes; otherwise it draws
+//                            nothing more and no point mixes (a skipped batch)
 //   mix_input(x)             mixes x if the input was chosen (once per batch)
 //   begin_forward()          a forward pass of the model starts (several may run in one batch:
 //                            SAM, R-Drop, consistency losses); each mixes at the chosen point
@@ -28,19 +31,48 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
 #include "export.h"
 #include "schedule.h"
 
+namespace at {
+struct CPUGeneratorImpl;
+}
+
 namespace manifold_mixup {
+
+// How many draws of Beta(alpha, alpha) a batch takes.
+enum class LamMode : int {
+  Sample,  // one per sample (the reference fastai extension's)
+  Batch,   // one for the whole batch, shared by its samples (the paper's code)
+};
+
+// What mixing does at the drawn point.
+enum class Method : int {
+  Mixup,        // lam[i] h[i] + (1 - lam[i]) h[perm[i]] over the whole output
+  PatchUpSoft,  // that mix inside the batch's block mask only, at feature maps [B, C, H, W]
+  PatchUpHard,  // h[perm[i]] inside the blocks (the blocks are swapped): lam is 0 there
+};
 
 struct MixerOptions {
   double alpha = 0.4;          // Beta(alpha, alpha); 0 means no mixing
   bool input_mixup = true;     // the input is one of the candidate points
   std::optional<uint64_t> seed;  // unset: torch's default generators (torch.manual_seed)
   std::optional<Schedule> schedule;  // unset: alpha stays as set (set_alpha)
+  LamMode lam_mode = LamMode::Sample;
+  bool fold = true;            // lam folded to max(lam, 1 - lam): each sample keeps the larger share
+  double prob = 1.0;           // probability in [0, 1] that a batch mixes at all (timm's prob)
+  // Noisy Feature Mixup (Mixup only): after the mix, h <- (1 + mult * xi_m) h + add * xi_a, with
+  // xi_m = s_m U(-1, 1) and xi_a = s_a N(0, 1) per element and s_m, s_a ~ Beta(2, 5) per batch, as
+  // the authors' code draws them; these are its add_noise_level and mult_noise_level (>= 0).
+  double add_noise = 0.0;
+  double mult_noise = 0.0;
+  Method method = Method::Mixup;
+  int64_t patchup_block = 7;   // PatchUp: the blocks' side (odd), as the authors' block_size
+  double patchup_gamma = 0.9;  // PatchUp: the authors' gamma in [0, 1] (see ops/patchup.h)
 };
 
 // How a mixed classification loss weighs, ignores and reduces, as torch's cross_entropy and
@@ -72,6 +104,13 @@ class MM_CORE_API Mixer {
   bool input_mixup() const { return options_.input_mixup; }
   void set_input_mixup(bool on) { options_.input_mixup = on; }
   const std::optional<uint64_t>& seed() const { return options_.seed; }
+  LamMode lam_mode() const { return options_.lam_mode; }
+  bool fold() const { return options_.fold; }
+  double prob() const { return options_.prob; }
+  Method method() const { return options_.method; }
+  bool patchup() const { return options_.method != Method::Mixup; }
+  bool noisy() const { return options_.add_noise > 0 || options_.mult_noise > 0; }
+  const MixerOptions& options() const { return options_; }
   // Sets alpha from the schedule after `step` batches (no-op without a schedule). Alpha moves
   // only here: begin_batch does not advance the schedule.
   void set_step(int64_t step);
@@ -86,20 +125,38 @@ class MM_CORE_API Mixer {
   const std::vector<std::string>& point_names() const { return names_; }
 
   // Starts a batch of `batch_size` samples whose tensors live on `device`. Returns the chosen
-  // point: an index from add_point, kInputPoint or kNoPoint (alpha 0, or nothing to choose).
+  // point: an index from add_point, kInputPoint or kNoPoint (alpha 0, nothing to choose, or a
+  // batch skipped by prob).
   int64_t begin_batch(int64_t batch_size, at::Device device);
   // Whether a batch has begun and not ended.
   bool in_batch() const { return in_batch_; }
   int64_t chosen() const { return chosen_; }
   int64_t batch_size() const { return batch_size_; }
-  // The batch's weights (float32, [B]) and permutation (int64, [B]), on the batch's device.
+  // The batch's weights (float32, [B]) and permutation (int64, [B]), on the batch's device: what
+  // the mixing of activations uses (inside the blocks for PatchUp; all 0 for hard PatchUp, whose
+  // blocks are swapped). A batch that does not mix has lam all 1, and perm the identity when it
+  // was skipped by prob.
   const at::Tensor& lam() const { return lam_; }
   const at::Tensor& perm() const { return perm_; }
+  // The weight of each sample's own target in the mixed losses and mix_targets (float32, [B],
+  // the batch's device): lam, except for PatchUp, after the forward mixed:
+  //   1 - changed * (1 - lam[i]),  changed = the fraction of features in the blocks
+  // (soft: unchanged + lam * changed; hard: the unchanged fraction), as the authors' loss
+  // weighs the two targets (docs/family.md).
+  const at::Tensor& target_weights() const { return weights_; }
+  // The batch's Philox key (0-d int64 on the batch's device) for PatchUp's mask and the noise.
+  const at::Tensor& key() const { return key_; }
+  // Noisy Feature Mixup's levels of the batch (float32 [2], the batch's device): add_noise * s_a
+  // and mult_noise * s_m, both 0 in a batch that does not mix; undefined without noise.
+  const at::Tensor& noise() const { return noise_; }
   // chosen() as a 0-d int64 tensor on the batch's device (copied with lam and perm): what a
   // compiled graph reads, so that one graph serves every draw.
   const at::Tensor& chosen_tensor() const { return chosen_tensor_; }
 
-  // lam[i] * t[i] + (1 - lam[i]) * t[perm[i]], whatever the chosen point. Differentiable.
+  // t mixed by the batch's method, whatever the chosen point: lam[i] * t[i] + (1 - lam[i]) *
+  // t[perm[i]] (with the batch's noise, if any), or PatchUp's mix of feature maps [B, C, H, W]
+  // (ArgumentError for other shapes).
+  // Differentiable. The target weights are not touched (see mix_input and point_output).
   at::Tensor mix(const at::Tensor& t) const;
   // The input when it is the chosen point mixed (and counted), otherwise `x` unchanged.
   at::Tensor mix_input(const at::Tensor& x);
@@ -110,16 +167,19 @@ class MM_CORE_API Mixer {
   // What a mixup point returns: `out` mixed if this point is chosen and has not run yet in this
   // forward; otherwise `out` unchanged (a repeated call is counted, see repeated_calls()).
   at::Tensor point_output(int64_t point, const at::Tensor& out);
-  // For a point that mixes the chosen point's output itself (mix(out, perm(), lam()) from code a
-  // compiler traces, which cannot call back here): the chosen `point` ran `calls` >= 1 times in
-  // this forward and its first output was mixed. Call at most once per forward, after it.
-  void record_point_mixed(int64_t point, int64_t calls);
+  // For a point that mixes the chosen point's output itself (mix(out, perm(), lam()), or
+  // patchup(out, perm(), lam(), key(), ...) from code a compiler traces, which cannot call back
+  // here): the chosen `point` ran `calls` >= 1 times in this forward and its first output was
+  // mixed; for PatchUp, `mask` is the mask the op returned (required), which sets the target
+  // weights. Call at most once per forward, after it.
+  void record_point_mixed(int64_t point, int64_t calls, const at::Tensor& mask = {});
   // Whether the latest forward of this batch mixed: the input was mixed by mix_input, or the
   // chosen point's output by point_output / record_point_mixed in this forward. False before the
   // forward, and when the chosen point did not run in it.
   bool mixed() const { return input_mixed_ || point_mixed_; }
   // The losses and targets below read mixed(): a batch that did not mix gets the plain loss
   // (loss_own, CE(logits, y)) and the plain targets, so call them after the forward.
+  // In the losses below, lam stands for target_weights().
   // Per-sample lam * loss_own + (1 - lam) * loss_other, both unreduced, of shape [B, ...]
   // (lam broadcast over the other dimensions, e.g. per-pixel losses).
   at::Tensor mixed_loss(const at::Tensor& loss_own, const at::Tensor& loss_other) const;
@@ -147,6 +207,8 @@ class MM_CORE_API Mixer {
   int64_t repeated_calls() const { return repeated_calls_; }
   // Batches that chose a point (alpha > 0) but ended without mixing: they trained plainly.
   int64_t unmixed_batches() const { return unmixed_batches_; }
+  // Batches that prob left unmixed (chose no point, by design; not in unmixed_batches).
+  int64_t skipped_batches() const { return skipped_batches_; }
   void reset_counters();
 
  private:
@@ -158,11 +220,18 @@ class MM_CORE_API Mixer {
   at::Tensor mix_class_loss(const at::Tensor& log_probs, const at::Tensor& target,
                             const ClassLossOptions& options) const;
   at::Generator cpu_generator() const;
-  // Draws, from cpu_generator(), lam ~ Beta(alpha, alpha) folded (all 1 for alpha 0), a random
-  // permutation ([B] each) and the chosen point, and puts them on `device`.
+  // Draws, from cpu_generator(), whether the batch mixes (when prob < 1), then lam ~ Beta(alpha,
+  // alpha) as lam_mode and fold say (all 1 for alpha 0), a random permutation ([B] each) and the
+  // chosen point, and puts them on `device`.
   void draw_batch(int64_t batch_size, at::Device device);
+  // lam[0, b) as alpha, lam_mode and fold say, from `gen` (whose lock the caller holds).
+  void draw_weights(float* lam, int64_t b, at::CPUGeneratorImpl* gen) const;
   // Marks the chosen `point` mixed in this forward (and counts it once per batch).
   void count_point_mix(int64_t point);
+  // t mixed by the batch's method, and PatchUp's mask (undefined for Mixup).
+  std::tuple<at::Tensor, at::Tensor> apply(const at::Tensor& t, const char* what) const;
+  // The target weights of a forward that mixed with PatchUp's `mask`.
+  void record_mask(const at::Tensor& mask);
 
   MixerOptions options_;
   double alpha_;
@@ -170,7 +239,8 @@ class MM_CORE_API Mixer {
   std::vector<std::string> names_;
   std::vector<int64_t> mixes_;
   std::vector<bool> fired_;  // per point: ran in the current forward
-  int64_t input_mixes_ = 0, batches_ = 0, repeated_calls_ = 0, unmixed_batches_ = 0;
+  int64_t input_mixes_ = 0, batches_ = 0, repeated_calls_ = 0, unmixed_batches_ = 0,
+          skipped_batches_ = 0;
 
   bool in_batch_ = false;
   bool input_mixed_ = false;  // this batch's input was mixed
@@ -179,6 +249,8 @@ class MM_CORE_API Mixer {
   int64_t chosen_ = kNoPoint;
   int64_t batch_size_ = 0;
   at::Tensor lam_, perm_, chosen_tensor_;
+  at::Tensor weights_;  // target_weights()
+  at::Tensor key_, noise_;
 };
 
 }  // namespace manifold_mixup

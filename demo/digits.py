@@ -1,7 +1,9 @@
 """make demo: Manifold Mixup on scikit-learn's bundled handwritten digits (8x8, no download).
 
 Trains one small residual CNN with fastai under no mixup, fastai's MixUp, ManifoldMixup,
-OutputMixup and DynamicManifoldMixup, each over several seeds (a seed sets the initial weights,
+OutputMixup and DynamicManifoldMixup, and the family (docs/family.md): ManifoldMixup in the
+paper's setting (one lam per batch, not folded), Noisy Feature Mixup, soft and hard PatchUp,
+each over several seeds (a seed sets the initial weights,
 the batch order and the mixing draws; the same seeds for every method), one thread per run and
 as many runs at a time as there are cores. Prints one table of mean ± standard deviation over
 the seeds, says which differences from no mixup exceed their spread, and saves a PNG with the
@@ -31,7 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 DATA_SEED, BS, LR, ALPHA, BINS = 0, 64, 3e-3, 1.0, 15
 METHODS = ["no mixup", "fastai MixUp (input)", "ManifoldMixup", "OutputMixup",
-           "DynamicManifoldMixup"]
+           "DynamicManifoldMixup", "ManifoldMixup, paper's lam", "Noisy Feature Mixup",
+           "PatchUp soft", "PatchUp hard"]
+# The family's rows differ from the ManifoldMixup row by one setting each, at the same points
+# and alpha: lam drawn once per batch and not folded; NFM's noise at the authors' CIFAR levels;
+# PatchUp at the authors' CIFAR gamma and prob, with blocks of 3 (their 7 is for 32 x 32 maps;
+# these are 8 x 8).
+FAMILY = ["ManifoldMixup, paper's lam", "Noisy Feature Mixup", "PatchUp soft", "PatchUp hard"]
 # (key, column title, digits, which way is better: +1 higher, -1 lower)
 METRICS = [("accuracy", "accuracy", 3, +1), ("nll", "val NLL", 3, -1), ("ece", "ECE", 3, -1),
            ("conf_noise", "mean confidence on uniform noise", 2, -1),
@@ -48,6 +56,12 @@ def callbacks(name):
             "ManifoldMixup": lambda: [ManifoldMixup(alpha=ALPHA)],
             "OutputMixup": lambda: [OutputMixup(alpha=ALPHA)],
             "DynamicManifoldMixup": lambda: [DynamicManifoldMixup(alpha_min=0.0, alpha_max=ALPHA)],
+            "ManifoldMixup, paper's lam": lambda: [ManifoldMixup(alpha=ALPHA, lam_mode="batch", fold=False)],
+            "Noisy Feature Mixup": lambda: [ManifoldMixup(alpha=ALPHA, add_noise=0.4, mult_noise=0.2)],
+            "PatchUp soft": lambda: [ManifoldMixup(alpha=ALPHA, patchup="soft", patchup_block=3,
+                                                   patchup_gamma=0.75)],
+            "PatchUp hard": lambda: [ManifoldMixup(alpha=ALPHA, patchup="hard", patchup_block=3,
+                                                   patchup_gamma=0.5, prob=0.7)],
             }[name]()
 
 
@@ -184,6 +198,18 @@ def findings(summary):
     d = differs(summary["ManifoldMixup"]["nll"], summary["fastai MixUp (input)"]["nll"])
     lines.append("- ManifoldMixup's val NLL against fastai MixUp's: " +
                  {-1: "lower", 1: "higher", 0: "no difference beyond the spread"}[d] + ".")
+    lines.append("\nThe family against ManifoldMixup (the same points and alpha), by the same rule:")
+    base = summary["ManifoldMixup"]
+    for name in FAMILY:
+        moved = []
+        for key, title, digits, better in METRICS:
+            d = differs(summary[name][key], base[key])
+            if d:
+                moved.append(f"{title} {'higher' if d > 0 else 'lower'} "
+                             f"({'better' if d == better else 'worse'}: "
+                             f"{summary[name][key][0]:.{digits}f} against {base[key][0]:.{digits}f})")
+        lines.append(f"- {name}: " + ("; ".join(moved) if moved else
+                                      "no difference beyond the spread on any measure") + ".")
     return "\n".join(lines) + "\n"
 
 

@@ -94,7 +94,7 @@ say "built ($((SECONDS - t0)) s)"
 # --- 2. the tests that run on the device (pytest) ---------------------------------------------
 t0=$SECONDS
 if [ "$MODE" = cuda ]; then
-  TESTS=(tests/python/test_cuda.py tests/python/test_ops.py -k "test_cuda or cuda")
+  TESTS=(tests/python/test_cuda.py tests/python/test_ops.py tests/python/test_family.py -k "test_cuda or cuda")
   DEVICE_ENV=()
 else
   TESTS=(tests/python/test_cuda.py)

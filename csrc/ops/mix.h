@@ -11,6 +11,11 @@
 // The result has x's memory format when x is channels_last (or channels_last_3d), else it is
 // contiguous: in both layouts each sample is one dense block, which is all the kernels need.
 //
+// Noisy Feature Mixup: given `noise` (floating [2]: the additive and multiplicative levels) and
+// `key` (int64, one element: a Philox key), both on x's device, the same pass also adds the
+// noise of ops/noise.h to every row, a row with lam 1 included; the result is then contiguous
+// (the draws follow the logical order of the elements). With both levels 0 it is exactly mix.
+//
 // Every function here goes through PyTorch's dispatcher, so the right backend (CPU, CUDA,
 // Meta) and autograd are picked from the arguments.
 #pragma once
@@ -18,14 +23,19 @@
 #include <ATen/core/Tensor.h>
 
 #include "../export.h"
+#include <optional>
 
 namespace manifold_mixup {
 
-// Mixes `x` along its first dimension. Differentiable with respect to x and lam. Bad arguments
+// Mixes `x` along its first dimension, with Noisy Feature Mixup's noise when `noise` and `key`
+// are given. Differentiable with respect to x and lam (the backward draws the multiplicative
+// noise again from the key: nothing of the batch's size is stored for it). Bad arguments
 // (dtypes, shapes, devices; on the CPU also an index of perm outside [0, B)) throw
 // ArgumentError (errors.h). On CUDA an index outside [0, B) is found by the kernel, which
 // cannot throw: it trips a device-side assert (see ops/cuda/mix_kernel.cu).
-MM_CORE_API at::Tensor mix(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& lam);
+MM_CORE_API at::Tensor mix(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& lam,
+               const std::optional<at::Tensor>& noise = std::nullopt,
+               const std::optional<at::Tensor>& key = std::nullopt);
 
 namespace detail {
 // The op manifold_mixup::_mix_backward, the gradient of mix with respect to x:
@@ -44,18 +54,26 @@ void check_defined(const at::Tensor& x, const at::Tensor& perm, const at::Tensor
 // dtypes, shapes and devices; the index range is checked where the indices are read.
 void check_mix_args(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& lam,
                     const char* x_name = "x");
+// The noise arguments' checks (ArgumentError): both or neither; noise floating [2] and key
+// int64 of one element, on x's device. Returns whether there is noise.
+bool check_noise_args(const at::Tensor& x, const std::optional<at::Tensor>& noise,
+                      const std::optional<at::Tensor>& key);
 // The memory format of mix's result (and of _mix_backward's, from grad): x's own when x is
-// channels_last or channels_last_3d, else contiguous. One rule for every backend, Meta too.
-at::MemoryFormat result_format(const at::Tensor& x);
-// An uninitialised result for x: x's sizes, dtype and device, in result_format(x).
-at::Tensor empty_result(const at::Tensor& x);
-// The operands as every kernel wants them, after check_mix_args: x in result_format(x) (each
-// sample one dense block of `features` elements, sample i at i * features), contiguous perm,
-// lam in x's opmath dtype (at::toOpMathType: float32 for float16, bfloat16 and float32).
+// channels_last or channels_last_3d and there is no noise, else contiguous. One rule for every
+// backend, Meta too.
+at::MemoryFormat result_format(const at::Tensor& x, bool noisy = false);
+// An uninitialised result for x: x's sizes, dtype and device, in result_format(x, noisy).
+at::Tensor empty_result(const at::Tensor& x, bool noisy = false);
+// The operands as every kernel wants them, after check_mix_args: x in result_format(x, noisy)
+// (each sample one dense block of `features` elements, sample i at i * features), contiguous
+// perm, lam in x's opmath dtype (at::toOpMathType: float32 for float16, bfloat16 and float32);
+// with noise, noise as contiguous float32 [2] and key contiguous, else both undefined.
 struct Operands {
-  at::Tensor x, perm, lam;
+  at::Tensor x, perm, lam, noise, key;
   int64_t batch = 0, features = 0;
-  Operands(const at::Tensor& x_in, const at::Tensor& perm_in, const at::Tensor& lam_in);
+  Operands(const at::Tensor& x_in, const at::Tensor& perm_in, const at::Tensor& lam_in,
+           const std::optional<at::Tensor>& noise_in = std::nullopt,
+           const std::optional<at::Tensor>& key_in = std::nullopt);
 };
 }  // namespace detail
 

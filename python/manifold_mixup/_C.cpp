@@ -7,12 +7,16 @@
 #include <torch/csrc/utils/pybind.h>
 
 #include <memory>
+#include <set>
+#include <string>
 
 #include "errors.h"
 #include "mixer.h"
 #include "selection.h"
 
 namespace py = pybind11;
+using manifold_mixup::LamMode;
+using manifold_mixup::Method;
 using manifold_mixup::Mixer;
 using manifold_mixup::MixerOptions;
 
@@ -34,6 +38,64 @@ manifold_mixup::ClassLossOptions class_loss_options(const std::optional<at::Tens
               : reduction == "mean" ? at::Reduction::Mean : at::Reduction::Sum;
   return o;
 }
+LamMode lam_mode_of(const std::string& name) {
+  MM_CHECK_ARG(name == "sample" || name == "batch",
+               "lam_mode must be 'sample' (one weight per sample) or 'batch' (one per batch), got '",
+               name, "'");
+  return name == "sample" ? LamMode::Sample : LamMode::Batch;
+}
+
+const char* lam_mode_name(LamMode mode) { return mode == LamMode::Sample ? "sample" : "batch"; }
+
+// Python's patchup=None|"soft"|"hard".
+Method method_of(const std::optional<std::string>& patchup) {
+  MM_CHECK_ARG(!patchup || *patchup == "soft" || *patchup == "hard",
+               "patchup must be None, 'soft' or 'hard', got '", patchup.value_or(""), "'");
+  return !patchup ? Method::Mixup : *patchup == "soft" ? Method::PatchUpSoft : Method::PatchUpHard;
+}
+
+py::object patchup_name(Method method) {
+  if (method == Method::Mixup) return py::none();
+  return py::str(method == Method::PatchUpSoft ? "soft" : "hard");
+}
+
+// The settings beyond alpha, input_mixup and seed, by their Python names: what a pickle keeps.
+py::dict settings_of(const Mixer& m) {
+  py::dict d;
+  d["lam_mode"] = lam_mode_name(m.lam_mode());
+  d["fold"] = m.fold();
+  d["prob"] = m.prob();
+  d["add_noise"] = m.options().add_noise;
+  d["mult_noise"] = m.options().mult_noise;
+  d["patchup"] = patchup_name(m.method());
+  d["patchup_block"] = m.options().patchup_block;
+  d["patchup_gamma"] = m.options().patchup_gamma;
+  return d;
+}
+
+// The keyword arguments after alpha, input_mixup and seed, into the options.
+void apply_settings(MixerOptions& o, const py::dict& kwargs) {
+  auto get = [&](const char* key, auto fallback) {
+    return kwargs.contains(key) && !kwargs[key].is_none() ? kwargs[key].cast<decltype(fallback)>()
+                                                          : fallback;
+  };
+  for (const auto& item : kwargs) {
+    const auto key = item.first.cast<std::string>();
+    static const std::set<std::string> known{"lam_mode", "fold", "prob", "add_noise", "mult_noise",
+                                             "patchup", "patchup_block", "patchup_gamma"};
+    if (!known.count(key)) throw py::type_error("Mixer() got an unexpected keyword argument '" + key + "'");
+  }
+  o.lam_mode = lam_mode_of(get("lam_mode", std::string("sample")));
+  o.fold = get("fold", true);
+  o.prob = get("prob", 1.0);
+  o.add_noise = get("add_noise", 0.0);
+  o.mult_noise = get("mult_noise", 0.0);
+  o.method = method_of(kwargs.contains("patchup") && !kwargs["patchup"].is_none()
+                           ? std::optional<std::string>(kwargs["patchup"].cast<std::string>())
+                           : std::nullopt);
+  o.patchup_block = get("patchup_block", int64_t(7));
+  o.patchup_gamma = get("patchup_gamma", 0.9);
+}
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -46,21 +108,45 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // replaces them. The points mix through torch.ops.manifold_mixup.mix on the batch's own lam and
   // perm, and torch.ops runs an op with the GIL released.
   py::class_<Mixer, std::shared_ptr<Mixer>>(m, "Mixer", R"doc(
-Per-batch state of manifold mixup: weights lam ~ Beta(alpha, alpha) folded to max(lam, 1-lam),
-a permutation of the batch, the mixup point chosen for the batch, and whether it mixed.
+Per-batch state of manifold mixup: weights lam ~ Beta(alpha, alpha), one per sample
+(lam_mode='sample') or one per batch ('batch'), folded to max(lam, 1-lam) unless fold=False;
+a permutation of the batch, the mixup point chosen for the batch, and whether it mixed. With
+probability 1 - prob a batch is skipped: it draws nothing more and no point mixes. add_noise and
+mult_noise add Noisy Feature Mixup's noise after the mix; patchup='soft' or 'hard' mixes feature
+maps by PatchUp's block mask (patchup_block, patchup_gamma) instead.
 seed=None draws from torch's default generators (torch.manual_seed makes runs repeatable);
 an int seed gives the Mixer its own generator (e.g. seed + rank under DistributedDataParallel).)doc")
-      .def(py::init([](double alpha, bool input_mixup, std::optional<uint64_t> seed) {
+      .def(py::init([](double alpha, bool input_mixup, std::optional<uint64_t> seed,
+                       const py::kwargs& settings) {
              MixerOptions o;
              o.alpha = alpha;
              o.input_mixup = input_mixup;
              o.seed = seed;
+             apply_settings(o, settings);
              return std::make_shared<Mixer>(o);
            }),
-           py::arg("alpha") = 0.4, py::arg("input_mixup") = true, py::arg("seed") = py::none())
+           py::arg("alpha") = 0.4, py::arg("input_mixup") = true, py::arg("seed") = py::none(),
+           "Settings by keyword: lam_mode='sample'|'batch', fold=True, prob=1.0, add_noise=0.0, "
+           "mult_noise=0.0, patchup=None|'soft'|'hard', patchup_block=7, patchup_gamma=0.9.")
       .def_property("alpha", &Mixer::alpha, &Mixer::set_alpha)
       .def_property("input_mixup", &Mixer::input_mixup, &Mixer::set_input_mixup)
       .def_property_readonly("seed", &Mixer::seed)
+      .def_property_readonly("lam_mode", [](const Mixer& m) { return lam_mode_name(m.lam_mode()); })
+      .def_property_readonly("fold", &Mixer::fold)
+      .def_property_readonly("prob", &Mixer::prob)
+      .def_property_readonly("patchup", [](const Mixer& m) { return patchup_name(m.method()); },
+                             "None (mixup), 'soft' or 'hard' (PatchUp).")
+      .def_property_readonly("patchup_block", [](const Mixer& m) { return m.options().patchup_block; })
+      .def_property_readonly("patchup_gamma", [](const Mixer& m) { return m.options().patchup_gamma; })
+      .def_property_readonly("settings", &settings_of,
+                             "The settings after alpha, input_mixup and seed, as keyword arguments.")
+      .def_property_readonly("add_noise", [](const Mixer& m) { return m.options().add_noise; })
+      .def_property_readonly("mult_noise", [](const Mixer& m) { return m.options().mult_noise; })
+      .def_property_readonly("key", &Mixer::key,
+                             "The batch's Philox key for PatchUp's mask and the noise (0-d int64).")
+      .def_property_readonly("noise", &Mixer::noise,
+                             "The batch's noise levels (float32 [2]: additive, multiplicative, each "
+                             "times its Beta(2, 5) draw); None without noise.")
       .def("add_point", &Mixer::add_point, py::arg("name"))
       .def("clear_points", &Mixer::clear_points)
       .def("retain_points", &Mixer::retain_points, py::arg("indices"),
@@ -75,6 +161,9 @@ an int seed gives the Mixer its own generator (e.g. seed + rank under Distribute
       .def_property_readonly("batch_size", &Mixer::batch_size)
       .def_property_readonly("lam", &Mixer::lam)
       .def_property_readonly("perm", &Mixer::perm)
+      .def_property_readonly("target_weights", &Mixer::target_weights,
+                             "The weight of each sample's own target in the mixed losses: lam, "
+                             "unless the method weighs targets otherwise (PatchUp).")
       .def_property_readonly("chosen_tensor", &Mixer::chosen_tensor,
                              "chosen as a 0-d int64 tensor on the batch's device.")
       .def_property_readonly("mixed", &Mixer::mixed,
@@ -84,8 +173,13 @@ an int seed gives the Mixer its own generator (e.g. seed + rank under Distribute
       .def("begin_forward", &Mixer::begin_forward,
            "A further forward pass of the model starts in this batch (the first needs no call).")
       .def("point_output", &Mixer::point_output, py::arg("point"), py::arg("out"))
-      .def("record_point_mixed", &Mixer::record_point_mixed, py::arg("point"), py::arg("calls"),
-           "Records that the chosen point ran `calls` times in this forward and its first output was mixed.")
+      .def("record_point_mixed",
+           [](Mixer& m, int64_t point, int64_t calls, const std::optional<at::Tensor>& mask) {
+             m.record_point_mixed(point, calls, mask.value_or(at::Tensor()));
+           },
+           py::arg("point"), py::arg("calls"), py::arg("mask") = py::none(),
+           "Records that the chosen point ran `calls` times in this forward and its first output was "
+           "mixed (for PatchUp, with the mask the patchup op returned).")
       .def("mixed_loss", &Mixer::mixed_loss, py::arg("loss_own"), py::arg("loss_other"))
       .def("mixed_cross_entropy",
            [](const Mixer& m, const at::Tensor& logits, const at::Tensor& target,
@@ -116,18 +210,24 @@ kept targets' class weights mixed like the targets). 'none' (the default) gives 
       .def_property_readonly("input_mixes", &Mixer::input_mixes)
       .def_property_readonly("repeated_calls", &Mixer::repeated_calls)
       .def_property_readonly("unmixed_batches", &Mixer::unmixed_batches)
+      .def_property_readonly("skipped_batches", &Mixer::skipped_batches,
+                             "Batches that prob left unmixed (by design; not unmixed_batches).")
       .def("reset_counters", &Mixer::reset_counters)
       .def_readonly_static("NO_POINT", &Mixer::kNoPoint)
       .def_readonly_static("INPUT_POINT", &Mixer::kInputPoint)
       // A pickled Mixer comes back fresh: same settings and seed (its generator restarts from
-      // that seed), no points, no batch, no counters.
+      // that seed), no points, no batch, no counters. The settings after the seed travel as a
+      // dict of keyword arguments, so that a pickle from an older version loads with defaults.
       .def(py::pickle(
-          [](const Mixer& mx) { return py::make_tuple(mx.alpha(), mx.input_mixup(), mx.seed()); },
+          [](const Mixer& mx) {
+            return py::make_tuple(mx.alpha(), mx.input_mixup(), mx.seed(), settings_of(mx));
+          },
           [](const py::tuple& t) {
             MixerOptions o;
             o.alpha = t[0].cast<double>();
             o.input_mixup = t[1].cast<bool>();
             if (t.size() > 2) o.seed = t[2].cast<std::optional<uint64_t>>();
+            apply_settings(o, t.size() > 3 ? t[3].cast<py::dict>() : py::dict());
             return std::make_shared<Mixer>(o);
           }));
   bind_selection(m);

@@ -3,8 +3,8 @@
 Any PyTorch training loop: `ManifoldMixer(model)` and `OutputMixer()` (see their help).
 fastai: `from manifold_mixup import *` gives the callbacks (ManifoldMixup, OutputMixup,
 DynamicManifoldMixup, DynamicOutputMixup), ManifoldMixupModule and non_mixable_module_types.
-The op `mix` (torch.ops.manifold_mixup.mix) and the mixers need only torch; the callbacks need
-fastai.
+The ops `mix` and `patchup` (torch.ops.manifold_mixup.*) and the mixers need only torch; the
+callbacks need fastai.
 """
 import torch  # noqa: F401  (libtorch must be loaded before the extension)
 
@@ -13,11 +13,12 @@ from ._version import __version__, check_torch as _check_torch
 _check_torch()  # before _C: the wrong torch would fail there with an undefined symbol
 from . import _C  # noqa: E402
 from .mixers import ManifoldMixer, OutputMixer  # noqa: E402
-from .ops import mix  # noqa: E402
+from .ops import mix, patchup  # noqa: E402
 from .selection import ManifoldMixupModule, non_mixable_module_types  # noqa: E402
 
 __all__ = ["ManifoldMixup", "OutputMixup", "DynamicManifoldMixup", "DynamicOutputMixup",
-           "ManifoldMixupModule", "non_mixable_module_types", "mix", "ManifoldMixer", "OutputMixer"]
+           "ManifoldMixupModule", "non_mixable_module_types", "mix", "patchup", "ManifoldMixer",
+           "OutputMixer"]
 
 _CALLBACKS = {"ManifoldMixup", "OutputMixup", "DynamicManifoldMixup", "DynamicOutputMixup"}
 

@@ -13,7 +13,8 @@ from fastai.learner import Learner
 from fastai.callback.mixup import MixHandler
 from fastai.callback.schedule import SchedCos
 
-from .mixers import ManifoldMixer, OutputMixer, check_alpha, check_flag
+from .mixers import (ManifoldMixer, OutputMixer, check_alpha, check_flag, mixing_settings,
+                     patchup_settings)
 
 __all__ = ["ManifoldMixup", "OutputMixup", "DynamicManifoldMixup", "DynamicOutputMixup"]
 
@@ -36,10 +37,11 @@ class _MixupCallback(MixHandler):
     # learn.export() pickles callbacks: the mixer is rebuilt at the next fit.
     _stateattrs = ("_mm", "_scope", "_fit")
 
-    def __init__(self, alpha, verbose):
+    def __init__(self, alpha, verbose, settings):
         Callback.__init__(self)  # not MixHandler's: it builds a Beta law, which alpha 0 has not
         self.alpha, self.verbose = check_alpha(alpha), verbose
         check_flag(verbose, "verbose")
+        self.settings = settings  # the mixer's keyword arguments beyond alpha (checked)
         self._mm, self._scope, self._fit, self._nested, self._said = None, None, None, 0, False
 
     def _init_state(self):  # fastcore's Stateful: after unpickling
@@ -181,8 +183,19 @@ class ManifoldMixup(_MixupCallback):
                  alpha: float = 0.4,  # parameter of the Beta(alpha, alpha) law of the weights; 0: no mixing
                  use_input_mixup: bool = True,  # the input is one of the mixup points
                  module_list=None,  # modules to mix (a list or one module); None: selected from the model
-                 verbose: bool = True):  # say once which modules were selected (rank 0)
-        super().__init__(alpha, verbose)
+                 verbose: bool = True,  # say once which modules were selected (rank 0)
+                 lam_mode: str = "sample",  # one lam per sample, or "batch": one per batch (the paper's code)
+                 fold: bool = True,  # lam folded to max(lam, 1 - lam); False: as drawn (the paper's code)
+                 prob: float = 1.0,  # probability that a batch mixes at all
+                 add_noise: float = 0.0,  # Noisy Feature Mixup's additive noise level
+                 mult_noise: float = 0.0,  # Noisy Feature Mixup's multiplicative noise level
+                 patchup=None,  # "soft" or "hard": PatchUp's block mixing of feature maps
+                 patchup_block: int = 7,  # PatchUp's block size (odd)
+                 patchup_gamma: float = 0.9):  # PatchUp's gamma (how much of a map is altered)
+        settings = mixing_settings(lam_mode, fold, prob, add_noise, mult_noise)
+        settings.update(patchup_settings(patchup, patchup_block, patchup_gamma,
+                                         noisy=bool(add_noise or mult_noise)))
+        super().__init__(alpha, verbose, settings)
         self.use_input_mixup = check_flag(use_input_mixup, "use_input_mixup")
         if module_list is not None and not isinstance(module_list, nn.Module):
             module_list = list(module_list)
@@ -195,7 +208,8 @@ class ManifoldMixup(_MixupCallback):
 
     def _new_mixer(self):
         return ManifoldMixer(self.learn.model, self.alpha, modules=self._user_module_list,
-                             input_mixup=self.use_input_mixup, verbose=self._verbose_once())
+                             input_mixup=self.use_input_mixup, verbose=self._verbose_once(),
+                             **self.settings)
 
     def before_batch(self):
         self.learn.xb = self._mm._begin(self.xb)
@@ -222,12 +236,17 @@ class OutputMixup(_MixupCallback):
 
     def __init__(self,
                  alpha: float = 0.4,  # parameter of the Beta(alpha, alpha) law; 0: no mixing
-                 verbose: bool = True):  # kept for symmetry with ManifoldMixup (nothing to say)
-        super().__init__(alpha, verbose)
+                 verbose: bool = True,  # kept for symmetry with ManifoldMixup (nothing to say)
+                 lam_mode: str = "sample",  # one lam per sample, or "batch": one per batch
+                 fold: bool = True,  # lam folded to max(lam, 1 - lam); False: as drawn
+                 prob: float = 1.0,  # probability that a batch mixes at all
+                 add_noise: float = 0.0,  # Noisy Feature Mixup's additive noise level (on the logits)
+                 mult_noise: float = 0.0):  # Noisy Feature Mixup's multiplicative noise level
+        super().__init__(alpha, verbose, mixing_settings(lam_mode, fold, prob, add_noise, mult_noise))
 
     def _new_mixer(self):
         OutputMixer.check_loss(self.learn.loss_func)  # the original: before_fit restored it
-        return OutputMixer(self.alpha)
+        return OutputMixer(self.alpha, **self.settings)
 
     def _mixed_loss(self, pred, *yb):
         return self._mm.loss(self.old_lf, pred, *yb)

@@ -41,6 +41,49 @@ def check_flag(value, name):
     return value
 
 
+def check_probability(value, name):
+    "A real number in [0, 1] as a float; bools refused."
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+            or not 0 <= float(value) <= 1:
+        raise ValueError(f"{name} must be a number in [0, 1], got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+def check_level(value, name):
+    "A finite real number >= 0 as a float; bools refused."
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+            or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+def mixing_settings(lam_mode="sample", fold=True, prob=1.0, add_noise=0.0, mult_noise=0.0):
+    """The keyword arguments of the native Mixer beyond alpha, checked here so that a wrong one
+    is named in Python's terms: how lam is drawn, how often a batch mixes, and Noisy Feature
+    Mixup's noise levels."""
+    if lam_mode not in ("sample", "batch"):
+        raise ValueError(f"lam_mode must be 'sample' (one weight per sample) or 'batch' (one per "
+                         f"batch, as the paper's code), got {lam_mode!r}")
+    return dict(lam_mode=lam_mode, fold=check_flag(fold, "fold"),
+                prob=check_probability(prob, "prob"), add_noise=check_level(add_noise, "add_noise"),
+                mult_noise=check_level(mult_noise, "mult_noise"))
+
+
+def patchup_settings(patchup=None, patchup_block=7, patchup_gamma=0.9, noisy=False):
+    "PatchUp's keyword arguments of the native Mixer, checked and named in Python's terms."
+    if patchup not in (None, "soft", "hard"):
+        raise ValueError(f"patchup must be None (mixup), 'soft' or 'hard', got {patchup!r}")
+    if patchup is not None and noisy:
+        raise ValueError("add_noise and mult_noise are Noisy Feature Mixup's, which mixes whole "
+                         "outputs: they do not go with patchup")
+    if isinstance(patchup_block, bool) or not isinstance(patchup_block, numbers.Integral) \
+            or patchup_block < 1 or patchup_block % 2 == 0:
+        raise ValueError(f"patchup_block must be an odd int >= 1 (the block is centred on a "
+                         f"feature), got {patchup_block!r}")
+    return dict(patchup=patchup, patchup_block=int(patchup_block),
+                patchup_gamma=check_probability(patchup_gamma, "patchup_gamma"))
+
+
 def _check_seed(seed):
     if seed is None:
         return None
@@ -97,6 +140,21 @@ class ManifoldMixer:
             gives this mixer its own generator (under DDP pass e.g. ``seed + rank``).
         verbose: True prints which modules were selected and why (rank 0 only), False is
             silent, or pass a function taking the line (e.g. ``logging.info``).
+        lam_mode: ``"sample"``, one lam per sample (the reference extension's), or ``"batch"``,
+            one per batch (the paper's code).
+        fold: fold lam to ``max(lam, 1 - lam)`` (True), or use it as drawn (False, the paper's
+            code).
+        prob: the probability that a batch mixes at all (timm's ``prob``); a batch left
+            unmixed trains plainly and is counted in ``mixer.skipped_batches``.
+        add_noise, mult_noise: Noisy Feature Mixup (Lim et al.): after the mix, ``h <- (1 +
+            mult_noise * xi_m) * h + add_noise * xi_a``, xi_m uniform on [-1, 1] and xi_a normal,
+            each scaled by a Beta(2, 5) draw per batch, as the authors' code (0: none).
+        patchup: None mixes whole outputs; ``"soft"`` or ``"hard"`` is PatchUp (Faramarzi et
+            al.): only blocks of feature maps ``[B, C, H, W]`` are mixed (soft) or swapped
+            (hard), the loss weighs the targets by the blocks' area, and points whose output
+            is not a feature map (and a non-image input) are left out with a line.
+        patchup_block, patchup_gamma: PatchUp's block size (odd) and gamma, as the authors'
+            ``block_size`` and ``gamma`` (see docs/family.md).
 
     The points live as long as the mixer (until ``remove()``): inside ``batch()`` every
     training-mode forward of the model mixes at the drawn point with the batch's lam and perm
@@ -108,7 +166,7 @@ class ManifoldMixer:
     call only (warned once); a point whose output has no batch dimension (or is not floating)
     is left out with a line, as is one that never runs in its first training batches.
     Counters: ``mixer.batches``, ``mixer.point_mixes``, ``mixer.input_mixes``,
-    ``mixer.unmixed_batches``, ``mixer.repeated_calls``.
+    ``mixer.unmixed_batches``, ``mixer.repeated_calls``, ``mixer.skipped_batches``.
     """
 
     # A candidate that has run in no forward of this many training batches is left out: a
@@ -116,11 +174,15 @@ class ManifoldMixer:
     NEVER_RAN_BATCHES = 20
 
     def __init__(self, model: nn.Module, alpha=0.4, modules=None, input_mixup: bool = True,
-                 seed=None, verbose=True):
+                 seed=None, verbose=True, *, lam_mode="sample", fold=True, prob=1.0,
+                 add_noise=0.0, mult_noise=0.0, patchup=None, patchup_block=7, patchup_gamma=0.9):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         alpha = check_alpha(alpha)
         check_flag(input_mixup, "input_mixup")
+        settings = mixing_settings(lam_mode, fold, prob, add_noise, mult_noise)
+        settings.update(patchup_settings(patchup, patchup_block, patchup_gamma,
+                                         noisy=bool(add_noise or mult_noise)))
         _refuse_data_parallel_over_devices(model)
         self._say, self._verbose = _logger(verbose), verbose not in (False, None)
         self.model, self._root = model, unwrap_model(model)
@@ -131,7 +193,7 @@ class ManifoldMixer:
         # multi-input model: the first training batch called with several inputs shows it.
         self._observe = modules is None and not all(isinstance(m, ManifoldMixupModule) for m in selected)
         self._probe = None
-        self.mixer = _C.Mixer(alpha=alpha, input_mixup=input_mixup, seed=_check_seed(seed))
+        self.mixer = _C.Mixer(alpha=alpha, input_mixup=input_mixup, seed=_check_seed(seed), **settings)
         self._install(selected)
         self._active = self._begun = self._removed = False
         self._synced = None
@@ -145,7 +207,9 @@ class ManifoldMixer:
         for m in selected:
             self.mixer.add_point(names.get(id(m)) or type(m).__name__)
         fields = [m.field if isinstance(m, ManifoldMixupModule) else None for m in selected]
-        self._points = Points(self._root, selected, fields)
+        method = {k: self.mixer.settings[k]
+                  for k in ("patchup", "patchup_block", "patchup_gamma", "add_noise", "mult_noise")}
+        self._points = Points(self._root, selected, fields, method)
         self._state = self._points.state
         self._ran_ever = [False] * len(selected)
         self._warned_not_run = set()
@@ -292,7 +356,8 @@ class ManifoldMixer:
     def _arm(self, chosen):
         state = self._state
         state.chosen, state.chosen_t = chosen, self.mixer.chosen_tensor
-        state.lam, state.perm = self.mixer.lam, self.mixer.perm
+        state.lam, state.perm, state.key = self.mixer.lam, self.mixer.perm, self.mixer.key
+        state.noise = self.mixer.noise
         # A forward that does not go through the root model's own call still has a record.
         state.forward = ForwardRecord(state.n_points)
         self._first_record, self._synced = state.forward, None
@@ -325,15 +390,19 @@ class ManifoldMixer:
         self._install(select_modules(self.model, None, log=self._say, partial_inputs=partial))
 
     def _check_input(self, inputs):
-        "Once: integer inputs (tabular categories) cannot be mixed; leave the input out."
+        """Once: integer inputs (tabular categories) cannot be mixed, nor by PatchUp anything
+        but images [B, C, H, W]; leave the input out."""
         self._input_checked = True
         floating = all(isinstance(x, torch.Tensor) and torch.is_floating_point(x) for x in inputs)
-        if self.mixer.input_mixup and not floating:
+        images = all(isinstance(x, torch.Tensor) and x.dim() == 4 for x in inputs)
+        why = ("not all floating tensors (e.g. tabular categories or token ids)" if not floating
+               else "not all images [B, C, H, W], which PatchUp needs"
+               if self.mixer.patchup is not None and not images else None)
+        if self.mixer.input_mixup and why:
             self.mixer.input_mixup = False
             if self._verbose and _rank() == 0:
-                warnings.warn("ManifoldMixup: the batch input is not all floating tensors "
-                              "(e.g. tabular categories or token ids), so the input is left out of "
-                              "the mixup points; the modules are still mixed.", stacklevel=4)
+                warnings.warn(f"ManifoldMixup: the batch input is {why}, so the input is left out "
+                              "of the mixup points; the modules are still mixed.", stacklevel=4)
 
     def _sync(self):
         "Hands the latest forward's record to the native Mixer, once per forward."
@@ -347,7 +416,7 @@ class ManifoldMixer:
             self._ran_ever[i] = self._ran_ever[i] or ran
         chosen = self.mixer.chosen
         if chosen >= 0 and record.ran[chosen] and record.unmixable[chosen] is None:
-            self.mixer.record_point_mixed(chosen, 1 + record.repeats[chosen])
+            self.mixer.record_point_mixed(chosen, 1 + record.repeats[chosen], record.masks[chosen])
 
     def _end(self, completed):
         self._state.armed = False
@@ -437,11 +506,15 @@ class OutputMixer:
     Each call draws lam and perm, mixes the logits and returns the mixed loss (see
     `ManifoldMixer.loss`). Classification only: a loss known to be a regression loss, or
     floating targets with a loss not known to be a classification loss, raise ValueError.
-    Call the loss itself for evaluation. `alpha` may be set before any call.
+    Call the loss itself for evaluation. `alpha` may be set before any call. `lam_mode`,
+    `fold`, `prob`, `add_noise` and `mult_noise` are ManifoldMixer's (the noise goes on the
+    logits).
     """
 
-    def __init__(self, alpha=0.4, seed=None):
-        self.mixer = _C.Mixer(alpha=check_alpha(alpha), input_mixup=False, seed=_check_seed(seed))
+    def __init__(self, alpha=0.4, seed=None, *, lam_mode="sample", fold=True, prob=1.0,
+                 add_noise=0.0, mult_noise=0.0):
+        self.mixer = _C.Mixer(alpha=check_alpha(alpha), input_mixup=False, seed=_check_seed(seed),
+                              **mixing_settings(lam_mode, fold, prob, add_noise, mult_noise))
         self.mixer.add_point("output")  # the logits are the one mixup point
 
     alpha = ManifoldMixer.alpha

@@ -38,20 +38,27 @@ class ForwardRecord:
         self.ran = [False] * n        # the point's module ran in training mode
         self.repeats = [0] * n        # its calls after the first (left unmixed)
         self.unmixable = [None] * n   # why its output could not be mixed, when it could not
+        self.masks = [None] * n       # PatchUp: the block mask its mix drew (it weighs the targets)
 
 
 class BatchState:
     """What every point reads in a forward: whether a training batch is open, the drawn point,
-    lam and perm. Written by the mixer at the start and end of each batch."""
+    lam, perm, the Philox key of PatchUp's mask or of the noise, and Noisy Feature Mixup's noise
+    levels. Written by the mixer at the start and end of each batch; the method (`patchup`:
+    None, 'soft' or 'hard', with its block size and gamma; whether there is noise) is the
+    mixer's, set once."""
 
-    def __init__(self, n_points):
+    def __init__(self, n_points, patchup=None, patchup_block=7, patchup_gamma=0.9, add_noise=0.0,
+                 mult_noise=0.0):
         self.n_points = n_points
+        self.patchup, self.patchup_block, self.patchup_gamma = patchup, patchup_block, patchup_gamma
+        self.noisy = add_noise > 0 or mult_noise > 0
         self.armed = False
         self.chosen = NO_POINT  # read by eager forwards
         self.chosen_t = None    # the same as a 0-d tensor on the batch's device: compiled graphs
-        self.lam = self.perm = None
+        self.lam = self.perm = self.key = self.noise = None
         self.forward = ForwardRecord(n_points)
-        # (chosen, lam, perm) of the latest forward that ran armed: a checkpointed layer
+        # (chosen, lam, perm, key, noise) of the latest forward that ran armed: a checkpointed layer
         # recomputed in the backward mixes as it did in that forward, even after the batch ended.
         self.replay = None
 
@@ -60,7 +67,7 @@ class BatchState:
         self.forward = ForwardRecord(self.n_points)
         if not torch.compiler.is_compiling():  # compiled graphs recompute without Python
             armed = self.armed and module.training
-            self.replay = (self.chosen, self.lam, self.perm) if armed else None
+            self.replay = (self.chosen, self.lam, self.perm, self.key, self.noise) if armed else None
 
 
 def batch_first_hint(module):
@@ -73,10 +80,16 @@ def batch_first_hint(module):
     return None
 
 
-def _mix(t, dim, perm, lam):
+def _mix(state, t, dim, perm, lam, key, noise):
+    "t mixed by the mixer's method along `dim`, and PatchUp's mask (None for mixup)."
+    if state.patchup is not None:  # _target made sure t is [B, C, H, W]
+        return torch.ops.manifold_mixup.patchup(t, perm, lam, key, state.patchup_block,
+                                                state.patchup_gamma)
+    noisy = (noise, key) if state.noisy else (None, None)
     if dim == 0:
-        return torch.ops.manifold_mixup.mix(t, perm, lam)
-    return torch.ops.manifold_mixup.mix(t.transpose(0, dim), perm, lam).transpose(0, dim)
+        return torch.ops.manifold_mixup.mix(t, perm, lam, *noisy), None
+    mixed = torch.ops.manifold_mixup.mix(t.transpose(0, dim), perm, lam, *noisy)
+    return mixed.transpose(0, dim), None
 
 
 class MixupPoint:
@@ -116,29 +129,45 @@ class MixupPoint:
             return out
         t, dim, rebuild = target
         if compiling:
-            # One graph for every draw: lam is exactly 1 (the op copies the row) unless this
-            # point is the drawn one, read from a tensor rather than a Python int (a guard).
-            lam = torch.where(state.chosen_t == i, state.lam, torch.ones_like(state.lam))
+            # One graph for every draw: lam is exactly 1 (the op copies the row) and the noise
+            # levels 0 (the op adds none) unless this point is the drawn one, read from a tensor
+            # rather than a Python int (a guard).
+            drawn = state.chosen_t == i
+            lam = torch.where(drawn, state.lam, torch.ones_like(state.lam))
+            noise = (torch.where(drawn, state.noise, torch.zeros_like(state.noise))
+                     if state.noisy else None)
         elif state.chosen == i:
-            lam = state.lam
+            lam, noise = state.lam, state.noise
         else:
             return out
-        return rebuild(_mix(t, dim, state.perm, lam))
+        mixed, mask = _mix(state, t, dim, state.perm, lam, state.key, noise)
+        if mask is not None:
+            record.masks[i] = mask
+        return rebuild(mixed)
 
     def _replay(self, out):
         replay = self.state.replay
         if replay is None or replay[0] != self.index:
             return out
-        _, lam, perm = replay
+        _, lam, perm, key, noise = replay
         target = self._target(out, lam.shape[0])
         if isinstance(target, str):
             return out
         t, dim, rebuild = target
-        return rebuild(_mix(t, dim, perm, lam))
+        return rebuild(_mix(self.state, t, dim, perm, lam, key, noise)[0])
 
     # -- which tensor of the output carries the batch -----------------------------------------
     def _target(self, out, batch):
         "(tensor, batch dim, rebuild) for the tensor to mix, or a string saying why none."
+        found = self._find_target(out, batch)
+        if self.state.patchup is not None and not isinstance(found, str):
+            t, dim, _ = found
+            if dim != 0 or t.dim() != 4:
+                return (f"PatchUp mixes feature maps [B, C, H, W], and its output of shape "
+                        f"{tuple(t.shape)} is not one")
+        return found
+
+    def _find_target(self, out, batch):
         if isinstance(out, torch.Tensor):
             where = self._batch_dim(out, batch)
             return where if isinstance(where, str) else (out, where, _same)
@@ -260,12 +289,13 @@ def _owner(module):
 
 class Points:
     """The mixup points of one mixer on one model: installed by the constructor, removed by
-    `remove()`. A model has one mixer at a time: points a previous mixer left on these modules
-    (one that was never removed, say a notebook cell run twice) are removed first, with a
-    warning, and that mixer is spent. Raises ValueError, before changing anything, for a
-    TorchScript module (its forward is compiled code)."""
+    `remove()`; `method` holds BatchState's patchup settings and noise levels. A model
+    has one mixer at a time: points a previous mixer left on these modules (one that was never
+    removed, say a notebook cell run twice) are removed first, with a warning, and that mixer is
+    spent. Raises ValueError, before changing anything, for a TorchScript module (its forward is
+    compiled code)."""
 
-    def __init__(self, root: nn.Module, modules, fields=None):
+    def __init__(self, root: nn.Module, modules, fields=None, method=None):
         fields = fields or [None] * len(modules)
         for m in [root, *modules]:
             if isinstance(m, torch.jit.ScriptModule):
@@ -280,7 +310,7 @@ class Points:
                           "be used (a model has one mixer at a time: call remove(), or use the mixer "
                           "as a context manager).", stacklevel=4)
         self.removed = False
-        self.root, self.state = root, BatchState(len(modules))
+        self.root, self.state = root, BatchState(len(modules), **(method or {}))
         self.points = [MixupPoint(self.state, i, f, batch_first_hint(m))
                        for i, (m, f) in enumerate(zip(modules, fields))]
         self.modules = list(modules)

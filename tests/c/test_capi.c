@@ -1314,6 +1314,198 @@ done:
   mm_mixer_destroy(mixer);
 }
 
+/* The paper's lambda modes and skip_prob: one weight per batch, as drawn; skipped batches draw
+ * nothing, choose no point and are counted apart from unmixed ones; bad values are refused. */
+static void test_lambda_modes_and_skip_prob(void) {
+  mm_mixer_config cfg;
+  mm_mixer* mixer = NULL;
+  mm_tensor *lam_t = NULL, *perm_t = NULL;
+  float lam[B];
+  int64_t perm[B], chosen = 0, skipped = 0, count = 0, unmixed = -1;
+  int i, b, below_half = 0;
+  mm_mixer_config_init(&cfg, sizeof cfg);
+  CHECK(cfg.lam_mode == MM_LAMBDA_SAMPLE && cfg.no_fold == 0 && cfg.skip_prob == 0.0);
+  cfg.alpha = 2.0;
+  cfg.has_seed = 1;
+  cfg.seed = 7;
+  cfg.lam_mode = MM_LAMBDA_BATCH;
+  cfg.no_fold = 1;
+  cfg.skip_prob = 0.5;
+  CHECK_OK(mm_mixer_create(&cfg, &mixer));
+  for (b = 0; b < 200; ++b) {
+    CHECK_OK(mm_batch_begin(mixer, B, &chosen));
+    CHECK_OK(mm_batch_weights(mixer, &lam_t, &perm_t));
+    CHECK_OK(mm_tensor_to_host(lam_t, lam, sizeof lam));
+    CHECK_OK(mm_tensor_to_host(perm_t, perm, sizeof perm));
+    mm_tensor_destroy(lam_t);
+    mm_tensor_destroy(perm_t);
+    lam_t = perm_t = NULL;
+    for (i = 1; i < B; ++i) CHECK(lam[i] == lam[0]);
+    if (chosen == MM_POINT_NONE) {
+      ++skipped;
+      for (i = 0; i < B; ++i) CHECK(lam[i] == 1.0f && perm[i] == i);
+    } else {
+      CHECK(chosen == MM_POINT_INPUT);
+      below_half += lam[0] < 0.5f;
+    }
+    CHECK_OK(mm_batch_end(mixer));
+  }
+  CHECK_OK(mm_mixer_skipped_batches(mixer, &count));
+  CHECK(count == skipped && skipped > 60 && skipped < 140);
+  /* no forward ran: every batch that chose the input is unmixed, no skipped one is */
+  CHECK_OK(mm_mixer_unmixed_batches(mixer, &unmixed));
+  CHECK(unmixed == 200 - skipped);
+  CHECK(below_half > 0); /* not folded */
+  CHECK_STATUS(mm_mixer_skipped_batches(mixer, NULL), MM_ERR_NULL);
+  mm_mixer_destroy(mixer);
+  mixer = NULL;
+  cfg.lam_mode = (mm_lambda_mode)7;
+  CHECK_STATUS(mm_mixer_create(&cfg, &mixer), MM_ERR_ARG);
+  CHECK_MSG("lam_mode");
+  cfg.lam_mode = MM_LAMBDA_SAMPLE;
+  cfg.skip_prob = 1.5;
+  CHECK_STATUS(mm_mixer_create(&cfg, &mixer), MM_ERR_ARG);
+  CHECK_MSG("skip_prob");
+  CHECK(mixer == NULL);
+done:
+  mm_tensor_destroy(lam_t);
+  mm_tensor_destroy(perm_t);
+  mm_mixer_destroy(mixer);
+}
+
+/* Hard PatchUp on the resnet's blocks: the targets weigh the unchanged fraction of the maps (the
+ * same for every sample, in (0, 1) when a block mixed, lam all 0); the logits are no feature map,
+ * so a point there makes the forward fail; bad settings are refused. */
+static void test_patchup(void) {
+  mm_mixer_config cfg;
+  mm_mixer* mixer = NULL;
+  mm_module* mod = NULL;
+  mm_hook* hook = NULL;
+  mm_tensor *x = NULL, *y = make_targets(), *out = NULL, *loss = NULL, *w_t = NULL, *lam_t = NULL;
+  const char* names[] = {"layer1.1", "layer2.1"};
+  const char* logits[] = {"fc"};
+  float img[B * 8 * 8], w[B], lam[B];
+  int64_t shape[4] = {B, 1, 8, 8}, chosen = 0;
+  int i, step, mixed_at_blocks = 0;
+  for (i = 0; i < B * 8 * 8; ++i) img[i] = (float)cos(0.37 * (double)i);
+  CHECK(y);
+  CHECK_OK(mm_tensor_from_host(img, MM_FLOAT32, shape, 4, &x));
+  mm_mixer_config_init(&cfg, sizeof cfg);
+  CHECK(cfg.method == MM_METHOD_MIXUP && cfg.patchup_block == 0 && cfg.patchup_gamma == 0.0);
+  cfg.alpha = 2.0;
+  cfg.input_mixup = 0;
+  cfg.has_seed = 1;
+  cfg.seed = 11;
+  cfg.method = MM_METHOD_PATCHUP_HARD;
+  cfg.patchup_block = 3;
+  cfg.patchup_gamma = 0.5;
+  CHECK_OK(mm_mixer_create(&cfg, &mixer));
+  CHECK_OK(mm_module_load(model_path("resnet"), &mod));
+  CHECK_OK(mm_hook_install(mixer, mod, names, 2, &hook));
+  for (step = 0; step < 6; ++step) {
+    CHECK_OK(mm_batch_begin(mixer, B, &chosen));
+    CHECK_OK(mm_forward(mixer, mod, x, &out));
+    CHECK_OK(mm_mixed_cross_entropy(mixer, out, y, &loss));
+    CHECK_OK(mm_backward(loss));
+    CHECK_OK(mm_batch_target_weights(mixer, &w_t));
+    CHECK_OK(mm_batch_weights(mixer, &lam_t, NULL));
+    CHECK_OK(mm_tensor_to_host(w_t, w, sizeof w));
+    CHECK_OK(mm_tensor_to_host(lam_t, lam, sizeof lam));
+    for (i = 0; i < B; ++i) CHECK(lam[i] == 0.0f && w[i] == w[0]);
+    CHECK(w[0] > 0.0f && w[0] < 1.0f);
+    mixed_at_blocks += chosen >= 0;
+    CHECK_OK(mm_batch_end(mixer));
+    mm_tensor_destroy(out);
+    mm_tensor_destroy(loss);
+    mm_tensor_destroy(w_t);
+    mm_tensor_destroy(lam_t);
+    out = loss = w_t = lam_t = NULL;
+  }
+  CHECK(mixed_at_blocks == 6);
+  CHECK_STATUS(mm_batch_target_weights(mixer, &w_t), MM_ERR_STATE); /* no batch */
+  CHECK_OK(mm_hook_remove(hook));
+  hook = NULL;
+  CHECK_OK(mm_hook_install(mixer, mod, logits, 1, &hook));
+  CHECK_OK(mm_batch_begin(mixer, B, &chosen));
+  CHECK(chosen == 0);
+  CHECK_STATUS(mm_forward(mixer, mod, x, &out), MM_ERR_TORCH); /* raised inside TorchScript */
+  CHECK_MSG("PatchUp");
+  CHECK(out == NULL);
+  CHECK_OK(mm_batch_end(mixer));
+  mm_mixer_destroy(mixer);
+  mixer = NULL;
+  cfg.patchup_block = 4;
+  CHECK_STATUS(mm_mixer_create(&cfg, &mixer), MM_ERR_ARG);
+  CHECK_MSG("patchup_block");
+  cfg.patchup_block = 3;
+  cfg.method = (mm_method)9;
+  CHECK_STATUS(mm_mixer_create(&cfg, &mixer), MM_ERR_ARG);
+  CHECK_MSG("method");
+done:
+  mm_hook_remove(hook);
+  mm_module_destroy(mod);
+  mm_mixer_destroy(mixer);
+  mm_tensor_destroy(x);
+  mm_tensor_destroy(y);
+  mm_tensor_destroy(out);
+  mm_tensor_destroy(loss);
+  mm_tensor_destroy(w_t);
+  mm_tensor_destroy(lam_t);
+}
+
+/* Noisy Feature Mixup: a seed repeats the noise; the input mixes with it (not only lam and
+ * perm), so the model's output differs from the one mixed without noise; bad levels refused. */
+static mm_status noisy_forward(double add, double mult, mm_module* mod, const mm_tensor* x,
+                               float* out_host, size_t bytes) {
+  mm_mixer_config cfg;
+  mm_mixer* mixer = NULL;
+  mm_tensor* out = NULL;
+  int64_t chosen = 0;
+  mm_status st;
+  mm_mixer_config_init(&cfg, sizeof cfg);
+  cfg.alpha = 1.0;
+  cfg.has_seed = 1;
+  cfg.seed = 3;
+  cfg.add_noise = add;
+  cfg.mult_noise = mult;
+  st = mm_mixer_create(&cfg, &mixer);
+  if (st == MM_OK) st = mm_batch_begin(mixer, B, &chosen);
+  if (st == MM_OK && chosen != MM_POINT_INPUT) st = MM_ERR_INTERNAL; /* no point installed */
+  if (st == MM_OK) st = mm_forward(mixer, mod, x, &out);
+  if (st == MM_OK) st = mm_tensor_to_host(out, out_host, bytes);
+  mm_tensor_destroy(out);
+  mm_mixer_destroy(mixer);
+  return st;
+}
+
+static void test_noisy_feature_mixup(void) {
+  mm_mixer_config cfg;
+  mm_mixer* mixer = NULL;
+  mm_module* mod = NULL;
+  mm_tensor* x = make_input();
+  float plain[B * C], noisy[B * C], again[B * C];
+  CHECK(x);
+  CHECK_OK(mm_module_load(model_path("mlp"), &mod));
+  CHECK_OK(noisy_forward(0.0, 0.0, mod, x, plain, sizeof plain));
+  CHECK_OK(noisy_forward(0.4, 0.2, mod, x, noisy, sizeof noisy));
+  CHECK_OK(noisy_forward(0.4, 0.2, mod, x, again, sizeof again));
+  CHECK(memcmp(noisy, again, sizeof noisy) == 0);
+  CHECK(max_diff(noisy, plain, B * C) > 1e-4);
+  mm_mixer_config_init(&cfg, sizeof cfg);
+  CHECK(cfg.add_noise == 0.0 && cfg.mult_noise == 0.0);
+  cfg.add_noise = -1.0;
+  CHECK_STATUS(mm_mixer_create(&cfg, &mixer), MM_ERR_ARG);
+  CHECK_MSG("add_noise");
+  cfg.add_noise = 0.4;
+  cfg.method = MM_METHOD_PATCHUP_SOFT;
+  CHECK_STATUS(mm_mixer_create(&cfg, &mixer), MM_ERR_ARG);
+  CHECK_MSG("PatchUp");
+  CHECK(mixer == NULL);
+done:
+  mm_module_destroy(mod);
+  mm_tensor_destroy(x);
+}
+
 struct test_case {
   const char* name;
   void (*fn)(void);
@@ -1412,6 +1604,9 @@ int main(int argc, char** argv) {
       {"save_write_failure_is_io", test_save_write_failure_is_io},
       {"handles_after_destroy", test_handles_after_destroy},
       {"alpha_moves_only_with_set_step", test_alpha_moves_only_with_set_step},
+      {"lambda_modes_and_skip_prob", test_lambda_modes_and_skip_prob},
+      {"patchup", test_patchup},
+      {"noisy_feature_mixup", test_noisy_feature_mixup},
   };
   int failures = 0, run = 0, a;
   size_t i;

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <torch/types.h>
 
+#include <functional>
 #include <limits>
 #include <string>
 #include <vector>
@@ -13,6 +14,7 @@
 #include "errors.h"
 #include "ops/cuda/mix_kernel_aten.h"
 #include "ops/mix.h"
+#include "ops/patchup.h"
 
 namespace {
 
@@ -161,7 +163,11 @@ TEST(MixAten, IndexOutsideTheBatchIsRefused) {
       const auto perm = torch::tensor(std::vector<int64_t>{0, bad, 2, 3});
       const auto lam = torch::rand({4});
       SCOPED_TRACE(c10::str("x ", x.sizes(), " index ", bad));
-      for (const auto& call : {mix_aten, mix_backward_aten}) {
+      using Kernel = std::function<torch::Tensor(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&)>;
+      const std::vector<Kernel> kernels{
+          [](const auto& x, const auto& p, const auto& l) { return mix_aten(x, p, l); },
+          [](const auto& g, const auto& p, const auto& l) { return mix_backward_aten(g, p, l); }};
+      for (const auto& call : kernels) {
         try {
           call(x, perm, lam);
           ADD_FAILURE() << "accepted an index outside [0, 4)";
@@ -181,6 +187,39 @@ TEST(MixAten, ArgumentsAreCheckedAsByEveryKernel) {
   EXPECT_THROW(mix_aten(x, torch::randperm(3), torch::rand({4})), manifold_mixup::ArgumentError);
   EXPECT_THROW(mix_backward_aten(torch::ones({4, 3}, torch::kLong), torch::randperm(4), torch::rand({4})),
                manifold_mixup::ArgumentError);
+}
+
+
+// Noisy Feature Mixup and PatchUp on a build without nvcc go through the CPU kernels, which draw
+// from the same Philox key: the results are the CPU kernels' (the fused CUDA kernels' too, as
+// test_family checks on a GPU), and the noise and mask really are applied.
+TEST(MixAten, NoisyMixIsTheCpuKernelsWithTheSameKey) {
+  torch::manual_seed(1);
+  const auto x = torch::randn({6, 3, 5});
+  const auto perm = torch::randperm(6);
+  const auto lam = torch::rand({6});
+  const auto noise = torch::tensor({0.4f, 0.3f});
+  const auto key = torch::tensor({int64_t{12345}});
+  const auto out = mix_aten(x, perm, lam, noise, key);
+  EXPECT_TRUE(torch::equal(out, manifold_mixup::mix(x, perm, lam, noise, key)));
+  EXPECT_FALSE(torch::allclose(out, mix_aten(x, perm, lam), 1e-3, 1e-3));  // the noise is there
+  EXPECT_FALSE(torch::equal(out, mix_aten(x, perm, lam, noise, torch::tensor({int64_t{7}}))));
+  EXPECT_THROW(mix_aten(x, perm, lam, noise, std::nullopt), manifold_mixup::ArgumentError);
+}
+
+TEST(MixAten, PatchUpIsTheCpuKernelsWithTheSameKey) {
+  torch::manual_seed(2);
+  const auto x = torch::randn({4, 2, 9, 9});
+  const auto perm = torch::randperm(4);
+  const auto lam = torch::rand({4});
+  const auto key = torch::tensor({int64_t{99}});
+  const auto [out, mask] = manifold_mixup::detail::patchup_aten(x, perm, lam, key, 3, 0.5);
+  const auto [want, want_mask] = manifold_mixup::patchup(x, perm, lam, key, 3, 0.5);
+  EXPECT_TRUE(torch::equal(out, want));
+  EXPECT_TRUE(torch::equal(mask, want_mask));
+  EXPECT_GT(mask.sum().item<double>(), 0);  // some blocks
+  EXPECT_THROW(manifold_mixup::detail::patchup_aten(x, perm, lam, key, 4, 0.5),
+               manifold_mixup::ArgumentError);  // an even block
 }
 
 }  // namespace

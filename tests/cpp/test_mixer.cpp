@@ -302,7 +302,10 @@ TEST(MixerMixed, OnlyTheChosenPointsActualMixingCounts) {
     seen_input += chosen == Mixer::kInputPoint;
     seen_point += chosen >= 0;
     const auto l = m.lam().unsqueeze(1);
-    EXPECT_TRUE(torch::allclose(m.mix_targets(y), l * y + (1 - l) * y.index_select(0, m.perm())));
+    // The op rounds l * a + m * b once per product (vectorised, maybe fused): near a 0 result the
+    // difference from ATen's expression is a few float32 ulps of the terms, not of the result.
+    EXPECT_TRUE(torch::allclose(m.mix_targets(y), l * y + (1 - l) * y.index_select(0, m.perm()),
+                                1e-5, 1e-6));
     m.end_batch();
   }
   EXPECT_GT(seen_input, 0);

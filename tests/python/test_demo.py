@@ -16,9 +16,10 @@ def test_demo_quick_writes_table_and_png(tmp_path):
                            str(tmp_path)], env=ENV, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     table = (tmp_path / "results.md").read_text()
-    for method in ("no mixup", "fastai MixUp", "ManifoldMixup", "OutputMixup", "DynamicManifoldMixup"):
+    for method in ("no mixup", "fastai MixUp", "ManifoldMixup", "OutputMixup", "DynamicManifoldMixup",
+                   "ManifoldMixup, paper's lam", "Noisy Feature Mixup", "PatchUp soft", "PatchUp hard"):
         assert f"| {method}" in table
-    assert "accuracy with noise" in table and "ECE" in table
+    assert "accuracy with noise" in table and "ECE" in table and "The family against" in table
     png = (tmp_path / "digits.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 

@@ -45,23 +45,26 @@ bool use_avx2() {
 // The operands after every check, the CPU's own index check included (a CUDA kernel checks
 // as it reads).
 detail::Operands operands(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& lam,
-                          const char* x_name) {
+                          const char* x_name, const std::optional<at::Tensor>& noise = std::nullopt,
+                          const std::optional<at::Tensor>& key = std::nullopt) {
   detail::check_mix_args(x, perm, lam, x_name);
-  detail::Operands a(x, perm, lam);
+  detail::check_noise_args(x, noise, key);
+  detail::Operands a(x, perm, lam, noise, key);
   check_indices(a.perm.const_data_ptr<int64_t>(), a.batch);
   return a;
 }
 
-at::Tensor mix_cpu(const at::Tensor& x_in, const at::Tensor& perm_in, const at::Tensor& lam_in) {
-  const auto a = operands(x_in, perm_in, lam_in, "x");
-  auto out = detail::empty_result(a.x);
+at::Tensor mix_cpu(const at::Tensor& x_in, const at::Tensor& perm_in, const at::Tensor& lam_in,
+                   const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>& key) {
+  const auto a = operands(x_in, perm_in, lam_in, "x", noise, key);
+  auto out = detail::empty_result(a.x, a.noise.defined());
 #ifdef MM_HAVE_AVX2_LOOPS
   if (use_avx2()) {
-    cpu::AVX2::mix_rows(a.x, a.perm, a.lam, out);
+    cpu::AVX2::mix_rows(a.x, a.perm, a.lam, a.noise, a.key, out);
     return out;
   }
 #endif
-  cpu::DEFAULT::mix_rows(a.x, a.perm, a.lam, out);
+  cpu::DEFAULT::mix_rows(a.x, a.perm, a.lam, a.noise, a.key, out);
   return out;
 }
 

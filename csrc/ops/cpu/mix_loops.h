@@ -19,11 +19,12 @@ struct Preimages {
 };
 
 // x, out: contiguous [B, ...] of one floating dtype; perm: contiguous int64 [B] in range;
-// lam: contiguous [B] of x's opmath dtype.
+// lam: contiguous [B] of x's opmath dtype; noise and key: undefined, or float32 [2] and int64
+// [1] (Noisy Feature Mixup, ops/noise.h).
 #define MM_DECLARE_LOOPS(capability)                                                          \
   namespace capability {                                                                      \
   void mix_rows(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& lam,           \
-                at::Tensor& out);                                                             \
+                const at::Tensor& noise, const at::Tensor& key, at::Tensor& out);             \
   void mix_backward_rows(const at::Tensor& g, const Preimages& pre, const at::Tensor& lam,    \
                          at::Tensor& out);                                                    \
   }

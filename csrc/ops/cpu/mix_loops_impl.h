@@ -9,6 +9,7 @@
 #include <algorithm>
 
 #include "ops/cpu/mix_loops.h"
+#include "ops/noise.h"
 
 namespace manifold_mixup::cpu::CPU_CAPABILITY {
 namespace {
@@ -39,11 +40,71 @@ void lerp_pair(scalar_t* dst, const scalar_t* a, const scalar_t* b, opmath_t l, 
   at::vec::map2([l, m](Vec va, Vec vb) { return va * Vec(l) + vb * Vec(m); }, dst, a, b, n);
 }
 
+constexpr int64_t kNoiseBlock = 256;  // elements whose noise is drawn at a time
+
+// The noise of elements first .. first + n - 1 (n <= kNoiseBlock) into normal[] and uniform[]:
+// Philox per pair, then Box-Muller's log, sqrt, cos and sin vectorised (through Sleef where
+// ATen's vectors use it), the normals only when `normals`.
+void draw_noise(uint64_t key, int64_t first, int64_t n, bool normals, float* normal, float* uniform) {
+  using Vec = at::vec::Vectorized<float>;
+  constexpr int64_t kPairs = kNoiseBlock / 2 + 1;
+  float u1[kPairs], angle[kPairs], pair_normal[2 * kPairs], pair_uniform[2 * kPairs];
+  const int64_t p0 = first >> 1, pairs = ((first + n - 1) >> 1) - p0 + 1;
+  for (int64_t k = 0; k < pairs; ++k) {
+    const detail::PairWords w = detail::pair_words(key, static_cast<uint64_t>(p0 + k));
+    u1[k] = w.u1;
+    angle[k] = w.angle;
+    pair_uniform[2 * k] = w.uniform[0];
+    pair_uniform[2 * k + 1] = w.uniform[1];
+  }
+  const int64_t skip = first & 1;  // the first element may be the second of its pair
+  std::copy_n(pair_uniform + skip, n, uniform);
+  if (!normals) return;
+  for (int64_t k = 0; k < pairs; k += Vec::size()) {
+    const int64_t count = std::min<int64_t>(Vec::size(), pairs - k);
+    const Vec radius = (Vec(-2.0f) * Vec::loadu(u1 + k, count).log()).sqrt();
+    const Vec a = Vec::loadu(angle + k, count);
+    float c[Vec::size()], s[Vec::size()];
+    (radius * a.cos()).store(c, count);
+    (radius * a.sin()).store(s, count);
+    for (int64_t j = 0; j < count; ++j) {
+      pair_normal[2 * (k + j)] = c[j];
+      pair_normal[2 * (k + j) + 1] = s[j];
+    }
+  }
+  std::copy_n(pair_normal + skip, n, normal);
+}
+
+// Noisy Feature Mixup on n elements from element `first` (a flat index) on: the mix of a and b
+// (a copy of a when l == 1) with the noise of each element (ops/noise.h), in one pass over the
+// rows, the noise drawn a block at a time.
+template <typename scalar_t, typename opmath_t>
+void noisy_lerp(scalar_t* dst, const scalar_t* a, const scalar_t* b, opmath_t l, opmath_t m,
+                int64_t n, int64_t first, uint64_t key, float add, float mult) {
+  float normal[kNoiseBlock], uniform[kNoiseBlock];
+  for (int64_t s = 0; s < n; s += kNoiseBlock) {
+    const int64_t len = std::min(kNoiseBlock, n - s);
+    draw_noise(key, first + s, len, add != 0.0f, normal, uniform);
+    for (int64_t e = 0; e < len; ++e) {
+      const opmath_t own = opmath_t(a[s + e]);
+      opmath_t v = l == opmath_t(1) ? own : l * own + m * opmath_t(b[s + e]);
+      if (mult != 0.0f) v = v * (opmath_t(1) + opmath_t(mult * uniform[e]));
+      if (add != 0.0f) v = v + opmath_t(add * normal[e]);
+      dst[s + e] = static_cast<scalar_t>(v);
+    }
+  }
+}
+
 }  // namespace
 
-void mix_rows(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& lam, at::Tensor& out) {
+void mix_rows(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& lam,
+              const at::Tensor& noise, const at::Tensor& key, at::Tensor& out) {
   const int64_t b = x.size(0);
   const int64_t features = b == 0 ? 0 : x.numel() / b;
+  const bool noisy = noise.defined();
+  const float add = noisy ? noise.const_data_ptr<float>()[0] : 0.0f;
+  const float mult = noisy ? noise.const_data_ptr<float>()[1] : 0.0f;
+  const uint64_t k = noisy ? static_cast<uint64_t>(*key.const_data_ptr<int64_t>()) : 0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "mix_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
@@ -51,6 +112,12 @@ void mix_rows(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& lam
     const opmath_t* lp = lam.const_data_ptr<opmath_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     parallel_rows(b, features, [&](int64_t i, int64_t f, int64_t n) {
+      if (noisy && (add != 0.0f || mult != 0.0f)) {  // x[perm[i]] is not read when lam is 1
+        const int64_t source = lp[i] == opmath_t(1) ? i : pp[i];
+        noisy_lerp(op + i * features + f, xp + i * features + f, xp + source * features + f, lp[i],
+                   opmath_t(1) - lp[i], n, i * features + f, k, add, mult);
+        return;
+      }
       const scalar_t* own = xp + i * features + f;
       if (lp[i] == opmath_t(1)) {  // a copy: x[perm[i]] is not read (0 * inf would be NaN)
         std::copy_n(own, n, op + i * features + f);

@@ -12,7 +12,8 @@
 // out-of-range index in torch's own index_select.
 //
 // Forward: one pass, out[i] = lam[i] x[i] + (1 - lam[i]) x[perm[i]]; a row with lam[i] == 1
-// is x[i] copied without reading x[perm[i]].
+// is x[i] copied without reading x[perm[i]]. With Noisy Feature Mixup's noise (ops/noise.h) the
+// same pass draws and applies it, element by element in logical order.
 // Backward: one block groups the sources of each target (group_sources_kernel), then one
 // gather pass writes each element of grad_x once. For a permutation (the Mixer's perm always
 // is one) the grouping is the inverse permutation and the gather reads two rows; any other
@@ -39,6 +40,7 @@
 
 #include "errors.h"
 #include "ops/mix.h"
+#include "ops/noise.h"
 
 // CUDA_KERNEL_ASSERT_MSG came to torch in September 2024 (pytorch/pytorch#134813); without it
 // the assert names the condition instead of the message.
@@ -102,11 +104,16 @@ __global__ void check_indices_kernel(const int64_t* __restrict__ perm, int64_t b
 template <typename scalar_t, typename index_t, int kVec>
 __global__ void mix_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ perm,
                            const at::opmath_type<scalar_t>* __restrict__ lam, scalar_t* __restrict__ out,
-                           int64_t b, index_t packs, index_t row_packs, IntDivider<index_t> rows) {
+                           int64_t b, index_t packs, index_t row_packs, IntDivider<index_t> rows,
+                           const float* __restrict__ noise, const int64_t* __restrict__ key) {
   using opmath_t = at::opmath_type<scalar_t>;
   using P = Pack<scalar_t, kVec>;
   const P* xs = reinterpret_cast<const P*>(x);
   P* os = reinterpret_cast<P*>(out);
+  // Noisy Feature Mixup (ops/noise.h) when given levels that are not both 0: the same pass.
+  const float add = noise != nullptr ? noise[0] : 0.0f, mult = noise != nullptr ? noise[1] : 0.0f;
+  const bool noisy = add != 0.0f || mult != 0.0f;
+  const uint64_t k = noisy ? static_cast<uint64_t>(*key) : 0;
   for (index_t u = first_index<index_t>(); u < packs; u += grid_stride<index_t>()) {
     const auto rc = rows.divmod(u);  // row i = rc.div, pack within the row = rc.mod
     const int64_t p = perm[rc.div];
@@ -114,16 +121,30 @@ __global__ void mix_kernel(const scalar_t* __restrict__ x, const int64_t* __rest
     MM_KERNEL_ASSERT(ok, MM_RANGE_MESSAGE);
     const opmath_t l = lam[rc.div];
     const P own = xs[u];
-    if (l == opmath_t(1) || !ok) {  // a copy: x[perm[i]] is not read (0 * inf would be NaN)
+    const bool copy = l == opmath_t(1) || !ok;  // x[perm[i]] is not read (0 * inf would be NaN)
+    if (copy && !noisy) {
       os[u] = own;
       continue;
     }
-    const P other = xs[static_cast<index_t>(p) * row_packs + rc.mod];
+    P other = own;
+    if (!copy) other = xs[static_cast<index_t>(p) * row_packs + rc.mod];
     const opmath_t m = opmath_t(1) - l;
     P r;
+    if (!noisy) {
 #pragma unroll
-    for (int e = 0; e < kVec; ++e) {
-      r.v[e] = static_cast<scalar_t>(l * static_cast<opmath_t>(own.v[e]) + m * static_cast<opmath_t>(other.v[e]));
+      for (int e = 0; e < kVec; ++e) {
+        r.v[e] = static_cast<scalar_t>(l * static_cast<opmath_t>(own.v[e]) + m * static_cast<opmath_t>(other.v[e]));
+      }
+    } else {
+      detail::NoisePair pair{};
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) {
+        const uint64_t index = static_cast<uint64_t>(u) * kVec + e;  // the element's logical index
+        if (e == 0 || (index & 1) == 0) pair = detail::noise_pair(k, index >> 1, add != 0.0f);
+        const opmath_t v = copy ? static_cast<opmath_t>(own.v[e])
+                                : l * static_cast<opmath_t>(own.v[e]) + m * static_cast<opmath_t>(other.v[e]);
+        r.v[e] = static_cast<scalar_t>(detail::apply_noise(v, pair, static_cast<int>(index & 1), add, mult));
+      }
     }
     os[u] = r;
   }
@@ -280,12 +301,16 @@ void check_indices(const at::Tensor& perm, int64_t b, cudaStream_t stream) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-at::Tensor mix_cuda(const at::Tensor& x_in, const at::Tensor& perm_in, const at::Tensor& lam_in) {
+at::Tensor mix_cuda(const at::Tensor& x_in, const at::Tensor& perm_in, const at::Tensor& lam_in,
+                    const std::optional<at::Tensor>& noise_in, const std::optional<at::Tensor>& key_in) {
   detail::check_mix_args(x_in, perm_in, lam_in, "x");
+  const bool noisy = detail::check_noise_args(x_in, noise_in, key_in);
   c10::cuda::CUDAGuard guard(x_in.device());
-  const detail::Operands a(x_in, perm_in, lam_in);
+  const detail::Operands a(x_in, perm_in, lam_in, noise_in, key_in);
   const auto &x = a.x, &perm = a.perm, &lam = a.lam;
-  auto out = detail::empty_result(x);
+  const float* noise = noisy ? a.noise.const_data_ptr<float>() : nullptr;
+  const int64_t* key = noisy ? a.key.const_data_ptr<int64_t>() : nullptr;
+  auto out = detail::empty_result(x, noisy);
   auto stream = c10::cuda::getCurrentCUDAStream();
   if (out.numel() == 0) {  // no element reads perm: check it alone, as the CPU kernel does
     check_indices(perm, a.batch, stream);
@@ -299,7 +324,7 @@ at::Tensor mix_cuda(const at::Tensor& x_in, const at::Tensor& perm_in, const at:
       mix_kernel<scalar_t, index_t, kVec><<<blocks_for(packs), kThreads, 0, stream>>>(
           x.const_data_ptr<scalar_t>(), perm.const_data_ptr<int64_t>(),
           lam.const_data_ptr<at::opmath_type<scalar_t>>(), out.mutable_data_ptr<scalar_t>(), a.batch,
-          static_cast<index_t>(packs), row_packs, IntDivider<index_t>(row_packs));
+          static_cast<index_t>(packs), row_packs, IntDivider<index_t>(row_packs), noise, key);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });

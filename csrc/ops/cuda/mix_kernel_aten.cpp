@@ -35,8 +35,15 @@ at::Tensor rows(const at::Tensor& t, const Operands& a) {
 
 }  // namespace
 
-at::Tensor mix_aten(const at::Tensor& x_in, const at::Tensor& perm_in, const at::Tensor& lam_in) {
+at::Tensor mix_aten(const at::Tensor& x_in, const at::Tensor& perm_in, const at::Tensor& lam_in,
+                    const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>& key) {
   check_mix_args(x_in, perm_in, lam_in, "x");
+  if (check_noise_args(x_in, noise, key)) {
+    // Noisy Feature Mixup: the CPU kernel draws the same counter-based noise (ops/noise.h), so
+    // the result is the fused kernel's; the copies to and from the host are the price.
+    const auto cpu = [](const at::Tensor& t) { return t.to(at::kCPU); };
+    return mix(cpu(x_in), cpu(perm_in), cpu(lam_in), cpu(*noise), cpu(*key)).to(x_in.device());
+  }
   c10::DeviceGuard guard(x_in.device());
   const Operands a(x_in, perm_in, lam_in);
   check_indices(a.perm, a.batch);

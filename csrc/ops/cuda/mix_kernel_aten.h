@@ -1,4 +1,4 @@
-// manifold_mixup::mix and _mix_backward composed of ATen ops (index_select, index_add_ and the
+// manifold_mixup::mix and _mix_backward (and patchup: patchup_kernel_aten.cpp) composed of ATen ops (index_select, index_add_ and the
 // arithmetic): the CUDA kernels of a build without nvcc, which a CUDA torch without the CUDA
 // toolkit gets. Slower than the fused kernels (mix_kernel.cu: several passes and temporaries of
 // x's size instead of one), with their semantics:
@@ -16,6 +16,9 @@
 //     Checking on the host would cost a device sync per batch. With
 //     torch.use_deterministic_algorithms(True), index_add_ runs torch's deterministic
 //     index_put_, which checks the range on the host and raises an IndexError instead.
+//   - with Noisy Feature Mixup's noise and key, the mix runs on the host through the CPU kernel,
+//     which draws the same counter-based noise (ops/noise.h): the fused kernel's result, at the
+//     cost of two copies of x across the bus;
 //   - the backward is deterministic only under torch.use_deterministic_algorithms(True)
 //     (index_add_'s atomics otherwise), where the fused backward always is.
 //
@@ -25,12 +28,16 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <optional>
+
 #include "export.h"
 
 namespace manifold_mixup {
 namespace detail {
 
-MM_CORE_API at::Tensor mix_aten(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& lam);
+MM_CORE_API at::Tensor mix_aten(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& lam,
+                                const std::optional<at::Tensor>& noise = std::nullopt,
+                                const std::optional<at::Tensor>& key = std::nullopt);
 MM_CORE_API at::Tensor mix_backward_aten(const at::Tensor& grad, const at::Tensor& perm, const at::Tensor& lam);
 
 }  // namespace detail

@@ -8,9 +8,10 @@
 namespace manifold_mixup {
 namespace {
 
-at::Tensor mix_meta(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& lam) {
+at::Tensor mix_meta(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& lam,
+                    const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>& key) {
   detail::check_mix_args(x, perm, lam);
-  return detail::empty_result(x);
+  return detail::empty_result(x, detail::check_noise_args(x, noise, key));
 }
 
 at::Tensor mix_backward_meta(const at::Tensor& grad, const at::Tensor& perm, const at::Tensor& lam) {
