@@ -64,9 +64,12 @@ def with_first_tensor(output, new):
     return type(output)(replaced) if not hasattr(output, "_fields") else type(output)(*replaced)
 
 
-def batch_dim_of(h, batch_size):
-    """The batch dimension of a point's output: 0, or 1 for a sequence-first [T, B, ...] output.
-    The tests choose sizes so that this is never ambiguous."""
+def batch_dim_of(h, batch_size, known=None):
+    """The batch dimension of a point's output: `known` when the test knows it (a sequence-first
+    output whose length equals the batch size), else 0, or 1 for a sequence-first [T, B, ...]."""
+    if known is not None:
+        assert h.shape[known] == batch_size, (tuple(h.shape), known, batch_size)
+        return known
     if h.dim() >= 1 and h.shape[0] == batch_size:
         return 0
     if h.dim() >= 2 and h.shape[1] == batch_size:
@@ -231,11 +234,13 @@ class BatchCheck:
     model: the module the mixer was given (its input is what the input point mixes).
     forward: calls the model on a batch's inputs and returns the logits, e.g.
         ``lambda ids, mask: model(ids, attention_mask=mask).logits``; default ``model``.
+    batch_dims: {module: dim} for points whose batch dimension their shape cannot tell.
     """
 
-    def __init__(self, model, forward=None):
+    def __init__(self, model, forward=None, batch_dims=None):
         self.model = model
         self.forward = forward or model
+        self.batch_dims = {id(m): d for m, d in (batch_dims or {}).items()}
         self.batches = 0
         self.kinds = []  # per batch: "input", the mixed point's name, "unmixed: <name>" or "none"
 
@@ -304,7 +309,7 @@ class BatchCheck:
         ref = self.reference.first(module)
         assert ref is not None, "the chosen point ran in the batch but not in the plain forward"
         h = ref[1]
-        dim = batch_dim_of(h[0], bs)
+        dim = batch_dim_of(h[0], bs, self.batch_dims.get(id(module)))
         assert_close(outs[0], mix_reference(h[0], lam, perm, dim), **POINT_TOL)
         for rest_seen, rest_ref in zip(outs[1:], h[1:]):  # the rest of a tuple passes through
             assert_close(rest_seen, rest_ref, **POINT_TOL)
@@ -325,7 +330,7 @@ class BatchCheck:
         if chosen == INPUT_POINT:
             inputs = (mix_reference(inputs[0], lam, perm),) + tuple(inputs[1:])
         else:
-            bs = inputs[0].shape[0]
+            bs, known = inputs[0].shape[0], self.batch_dims.get(id(points[chosen]))
             state = {"done": False}
 
             def mix_once(module, args, output):
@@ -333,18 +338,19 @@ class BatchCheck:
                     return None
                 state["done"] = True
                 h = tensors_of(output)[0]
-                return with_first_tensor(output, mix_reference(h, lam, perm, batch_dim_of(h, bs)))
+                return with_first_tensor(output, mix_reference(h, lam, perm, batch_dim_of(h, bs, known)))
             pairs = [(points[chosen], mix_once)]
         with torch.no_grad(), _buffers_kept(self.model), _weights(self.weights), _hooked(pairs):
             expected = self.forward(*inputs, **self.kwargs)
         assert_close(pred.detach(), expected, **OUTPUT_TOL)
 
 
-def train_checked(model, mm, batches, forward=None, lr=0.01, loss_fn=F.cross_entropy):
+def train_checked(model, mm, batches, forward=None, lr=0.01, loss_fn=F.cross_entropy,
+                  batch_dims=None):
     """A plain training loop of `mm` over `batches` ([(inputs tuple, y, forward kwargs)]), each
     batch checked by BatchCheck; returns the checker. The backward runs after the batch, as the
     README's loop has it."""
-    check = BatchCheck(model, forward)
+    check = BatchCheck(model, forward, batch_dims)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
     forward = check.forward
     for inputs, y, kwargs in batches:

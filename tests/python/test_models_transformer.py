@@ -8,7 +8,7 @@ from manifold_mixup import ManifoldMixer
 
 from invariants import ModelState, assert_copyable, assert_counters, train_checked
 
-B, T, F_IN, D, CLASSES = 8, 5, 6, 16, 3  # B, T and D differ, so the batch dimension is never ambiguous
+B, F_IN, D, CLASSES = 8, 6, 16, 3
 
 
 class SequenceClassifier(nn.Module):
@@ -31,21 +31,28 @@ class SequenceClassifier(nn.Module):
         return self.head(h.mean(dim=1 if self.batch_first else 0))
 
 
-def batches(n=8, seed=0):
+def batches(length, n=8, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [((torch.randn(B, T, F_IN, generator=g),), torch.randint(0, CLASSES, (B,), generator=g), {})
+    return [((torch.randn(B, length, F_IN, generator=g),), torch.randint(0, CLASSES, (B,), generator=g), {})
             for _ in range(n)]
 
 
-@pytest.mark.parametrize("batch_first", [True, False], ids=["batch_first", "sequence_first"])
-def test_transformer_encoder_mixes_along_the_batch_dimension(batch_first):
+# (layout, sequence length): with a length equal to the batch size, only the layer's batch_first
+# says which dimension of a [T, B, D] output is the batch; its shape cannot.
+LAYOUTS = [(True, 5), (False, 5), (False, B)]
+
+
+@pytest.mark.parametrize("batch_first,length", LAYOUTS,
+                         ids=["batch_first", "sequence_first", "sequence_first_length_equals_batch"])
+def test_transformer_encoder_mixes_along_the_batch_dimension(batch_first, length):
     torch.manual_seed(0)
     model = SequenceClassifier(batch_first).train()
     before = ModelState(model)
     mm = ManifoldMixer(model, alpha=1.0, seed=1, verbose=False)
     layers = list(model.encoder.layers)
-    data = batches()
-    check = train_checked(model, mm, data)
+    data = batches(length)
+    check = train_checked(model, mm, data,
+                          batch_dims={layer: 0 if batch_first else 1 for layer in layers})
     assert_counters(mm.mixer, len(data))
     before.assert_same_state_dict_keys()
     assert_copyable(model)
