@@ -46,7 +46,9 @@ mm_status mm_mixed_cross_entropy(const mm_mixer* mixer, const mm_tensor* logits,
     nonnull(loss, "loss");
     MM_CHECK_STATE(m.in_batch(), "no batch has begun (call mm_batch_begin first)");
     check_class_targets(l, t);
-    *loss = new_tensor(m.mixed_cross_entropy(l, t).mean());
+    manifold_mixup::ClassLossOptions mean;
+    mean.reduction = at::Reduction::Mean;
+    *loss = new_tensor(m.mixed_cross_entropy(l, t, mean));
   });
 }
 

@@ -215,14 +215,15 @@ MM_API mm_status mm_mixer_alpha(const mm_mixer* mixer, double* alpha);
 MM_API mm_status mm_mixer_set_alpha(mm_mixer* mixer, double alpha);
 MM_API mm_status mm_mixer_set_step(mm_mixer* mixer, int64_t step);
 
-/* Counters since creation: batches begun, times the input was mixed, and calls of the chosen
- * point after its first one in a batch (left unmixed: a module called twice per forward).
+/* Counters since creation: batches begun, batches whose input was mixed, and calls of the
+ * chosen point after its first one in a forward (left unmixed: a module called twice per
+ * forward).
  * Per-point counts: mm_hook_mix_count. Errors: MM_ERR_NULL. */
 MM_API mm_status mm_mixer_batches(const mm_mixer* mixer, int64_t* count);
 MM_API mm_status mm_mixer_input_mixes(const mm_mixer* mixer, int64_t* count);
 MM_API mm_status mm_mixer_repeated_calls(const mm_mixer* mixer, int64_t* count);
 /* Batches that chose a point (alpha > 0) but ended without mixing, because the chosen point
- * did not run in training mode in any forward of the batch (a plain forward, evaluation mode,
+ * did not run in training mode in the batch's latest forward (a plain forward, evaluation mode,
  * a method that does not call it): they trained on the plain loss. Errors: MM_ERR_NULL. */
 MM_API mm_status mm_mixer_unmixed_batches(const mm_mixer* mixer, int64_t* count);
 
@@ -233,8 +234,9 @@ MM_API mm_status mm_mixer_unmixed_batches(const mm_mixer* mixer, int64_t* count)
 /* Starts a batch of `batch_size` samples: draws one weight per sample lam ~ Beta(alpha,
  * alpha) folded to max(lam, 1 - lam), a permutation of the batch, and the point that mixes
  * (uniformly among the hook's points and, if input_mixup, the input). Writes the point to
- * *chosen when chosen is not NULL. Until mm_batch_end, the chosen point mixes (once) in the
- * forward passes that run it in training mode, all but a plain one (see mm_forward).
+ * *chosen when chosen is not NULL. Until mm_batch_end, the chosen point mixes in every
+ * forward pass that runs it in training mode, all but a plain one (see mm_forward), with the
+ * batch's weights and permutation: once per mm_forward (its first call in that forward).
  * Alpha does not move here (see mm_mixer_set_step). Errors: MM_ERR_NULL (mixer),
  * MM_ERR_ARG (batch_size < 1), MM_ERR_STATE (a batch has begun and not ended). */
 MM_API mm_status mm_batch_begin(mm_mixer* mixer, int64_t batch_size, int64_t* chosen);
@@ -250,10 +252,11 @@ MM_API mm_status mm_batch_begin_on(mm_mixer* mixer, int64_t batch_size, const ch
  * either output may be NULL. Errors: MM_ERR_NULL (mixer), MM_ERR_STATE (no batch). */
 MM_API mm_status mm_batch_weights(const mm_mixer* mixer, mm_tensor** lam, mm_tensor** perm);
 
-/* Whether the batch has mixed so far: *mixed is 1 once the chosen point (the input, or a module)
- * has mixed in a forward of this batch, else 0. The mixed losses and mm_mix_targets read the
- * same answer, so a batch that did not mix trains on the plain loss. Errors: MM_ERR_NULL,
- * MM_ERR_STATE (no batch). */
+/* Whether the batch's latest forward mixed: *mixed is 1 once the chosen point has mixed in
+ * it (a module point), or the batch's input was mixed (the input point), else 0. The mixed
+ * losses and mm_mix_targets read the same answer, so each loss matches the forward before it,
+ * and a forward that did not mix trains on the plain loss. Errors: MM_ERR_NULL, MM_ERR_STATE
+ * (no batch). */
 MM_API mm_status mm_batch_mixed(const mm_mixer* mixer, int* mixed);
 
 /* Ends the batch: points stop mixing; a batch that chose a point and did not mix is counted in
@@ -310,7 +313,8 @@ MM_API mm_status mm_module_parameter_count(const mm_module* module, int64_t* ten
  * With mixer NULL: a plain forward, in which no point mixes, even while a batch is open (on
  * the calling thread: code the module runs elsewhere with torch.jit.fork is not covered).
  * With a mixer: a batch of it must have begun and dim 0 of input must be the batch size; the
- * input is mixed first when it is the chosen point, and the module's installed points mix.
+ * input is mixed first when it is the chosen point, and the module's installed points mix. A
+ * batch may run several forwards (SAM, consistency losses): each mixes at the chosen point.
  * In evaluation mode (mm_module_train(module, 0)) nothing mixes, the input included.
  * Points mix in any other forward pass too while their mixer's batch is open: in
  * mm_module_run_method, and in a host's own calls of a module it lent with mm_module_borrow.

@@ -6,6 +6,7 @@
 
 #include <memory>
 
+#include "errors.h"
 #include "mixer.h"
 #include "selection.h"
 
@@ -15,6 +16,23 @@ using manifold_mixup::MixerOptions;
 
 
 void bind_selection(py::module_& m);
+
+namespace {
+// The mixed classification losses' options from torch's keyword arguments.
+manifold_mixup::ClassLossOptions class_loss_options(const std::optional<at::Tensor>& weight,
+                                                    int64_t ignore_index, double label_smoothing,
+                                                    const std::string& reduction) {
+  manifold_mixup::ClassLossOptions o;
+  o.weight = weight.value_or(at::Tensor());
+  o.ignore_index = ignore_index;
+  o.label_smoothing = label_smoothing;
+  MM_CHECK_ARG(reduction == "none" || reduction == "mean" || reduction == "sum",
+               "reduction must be 'none', 'mean' or 'sum', got '", reduction, "'");
+  o.reduction = reduction == "none" ? at::Reduction::None
+              : reduction == "mean" ? at::Reduction::Mean : at::Reduction::Sum;
+  return o;
+}
+}  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "Native core of manifold_mixup: the Mixer (C++ on libtorch).";
@@ -51,16 +69,40 @@ an int seed gives the Mixer its own generator (e.g. seed + rank under Distribute
       .def_property_readonly("batch_size", &Mixer::batch_size)
       .def_property_readonly("lam", &Mixer::lam)
       .def_property_readonly("perm", &Mixer::perm)
+      .def_property_readonly("chosen_tensor", &Mixer::chosen_tensor,
+                             "chosen as a 0-d int64 tensor on the batch's device.")
       .def_property_readonly("mixed", &Mixer::mixed,
                              "Whether this batch mixed (the input, or the chosen point's output).")
       .def("mix", &Mixer::mix, py::arg("t"), release())
       .def("mix_input", &Mixer::mix_input, py::arg("x"), release())
+      .def("begin_forward", &Mixer::begin_forward,
+           "A further forward pass of the model starts in this batch (the first needs no call).")
       .def("point_output", &Mixer::point_output, py::arg("point"), py::arg("out"), release())
       .def("record_point_mixed", &Mixer::record_point_mixed, py::arg("point"), py::arg("calls"),
-           "Records that the chosen point ran `calls` times and a hook mixed its first output.")
+           "Records that the chosen point ran `calls` times in this forward and its first output was mixed.")
       .def("mixed_loss", &Mixer::mixed_loss, py::arg("loss_own"), py::arg("loss_other"), release())
-      .def("mixed_cross_entropy", &Mixer::mixed_cross_entropy, py::arg("logits"), py::arg("target"),
-           release())
+      .def("mixed_cross_entropy",
+           [](const Mixer& m, const at::Tensor& logits, const at::Tensor& target,
+              std::optional<at::Tensor> weight, int64_t ignore_index, double label_smoothing,
+              const std::string& reduction) {
+             return m.mixed_cross_entropy(
+                 logits, target, class_loss_options(weight, ignore_index, label_smoothing, reduction));
+           },
+           py::arg("logits"), py::arg("target"), py::kw_only(), py::arg("weight") = py::none(),
+           py::arg("ignore_index") = -100, py::arg("label_smoothing") = 0.0,
+           py::arg("reduction") = "none", release(), R"doc(
+Mixed cross-entropy of logits [B, C, ...] against int64 targets [B, ...], from one log-softmax,
+weighted, ignored and reduced as torch's cross_entropy with these arguments ('mean' divides by the
+kept targets' class weights mixed like the targets). 'none' (the default) gives [B, ...].)doc")
+      .def("mixed_nll_loss",
+           [](const Mixer& m, const at::Tensor& log_probs, const at::Tensor& target,
+              std::optional<at::Tensor> weight, int64_t ignore_index, const std::string& reduction) {
+             return m.mixed_nll_loss(log_probs, target,
+                                     class_loss_options(weight, ignore_index, 0.0, reduction));
+           },
+           py::arg("log_probs"), py::arg("target"), py::kw_only(), py::arg("weight") = py::none(),
+           py::arg("ignore_index") = -100, py::arg("reduction") = "none", release(),
+           "mixed_cross_entropy for log-probabilities, as torch's nll_loss.")
       .def("mix_targets", &Mixer::mix_targets, py::arg("y"), release())
       .def("end_batch", &Mixer::end_batch)
       .def_property_readonly("batches", &Mixer::batches)

@@ -2,10 +2,14 @@
 OutputMixup and their Dynamic variants. They only translate fastai's events: the selection,
 the hooks, the loss and every number are ManifoldMixer's / OutputMixer's (and the native Mixer's)."""
 import math
+import sys
 from functools import partial
 
 import torch.nn as nn
-from fastai.callback.core import Callback
+from fastai.callback.core import (CancelBackwardException, CancelBatchException, CancelEpochException,
+                                  CancelFitException, CancelStepException, CancelTrainException,
+                                  CancelValidException, Callback)
+from fastai.learner import Learner
 from fastai.callback.mixup import MixHandler
 from fastai.callback.schedule import SchedCos
 
@@ -13,24 +17,35 @@ from .mixers import ManifoldMixer, OutputMixer, check_alpha, check_flag
 
 __all__ = ["ManifoldMixup", "OutputMixup", "DynamicManifoldMixup", "DynamicOutputMixup"]
 
+# The exceptions fastai catches itself (its Cancel*Exceptions): after them it sends the events
+# that end the batch, the epoch or the fit.
+_CANCELS = (CancelBatchException, CancelBackwardException, CancelStepException,
+            CancelTrainException, CancelValidException, CancelEpochException, CancelFitException)
+
 
 class _MixupCallback(MixHandler):
     """What ManifoldMixup and OutputMixup share: fastai's MixHandler loss swap for training
     phases (validation and get_preds see the original loss), one mixer per fit, and the refusal
-    of a second mixing callback."""
+    of a second mixing callback.
+
+    fastai sends before_fit/after_fit around `validate()` and `get_preds()` too, also when a
+    callback calls them in the middle of a fit (a second validation set, say): those nested
+    events leave the fit's mixer as it is. The mixer is built at the fit's first before_train
+    and removed at its after_fit, or when an exception that fastai does not catch ends it."""
     run_valid = False
     # learn.export() pickles callbacks: the mixer is rebuilt at the next fit.
-    _stateattrs = ("_mm", "_scope")
+    _stateattrs = ("_mm", "_scope", "_fit")
 
     def __init__(self, alpha, verbose):
         Callback.__init__(self)  # not MixHandler's: it builds a Beta law, which alpha 0 has not
         self.alpha, self.verbose = check_alpha(alpha), verbose
         check_flag(verbose, "verbose")
-        self._mm, self._scope, self._said = None, None, False
+        self._mm, self._scope, self._fit, self._nested, self._said = None, None, None, 0, False
 
     def _init_state(self):  # fastcore's Stateful: after unpickling
         super()._init_state()
-        self._mm = self._scope = None
+        self._mm = self._scope = self._fit = None
+        self._nested = 0
 
     @property
     def mixer(self):
@@ -46,18 +61,21 @@ class _MixupCallback(MixHandler):
         bar = getattr(getattr(self.learn, "progress", None), "mbar", None)
         (bar.write if bar is not None else print)(line)
 
-    # fastai calls before_fit/after_fit around get_preds and validate too, so the mixer is
-    # built at the first before_train of a fit.
     def before_fit(self):
+        fit = _running_fit(self.learn)
+        if fit is not None and fit is self._fit:  # validate()/get_preds() inside our fit
+            self._nested += 1
+            return
+        self._tear_down()  # what a fit that raised left behind
+        self._fit, self._nested = fit, 0
         others = [cb for cb in self.learn.cbs if cb is not self and isinstance(cb, MixHandler)]
         if others:
             raise ValueError(
                 f"{type(self).__name__} and {type(others[0]).__name__} are both in this Learner's "
                 "callbacks: each mixes the batch and its loss, so together they would mix twice "
                 "(and the losses would not match). Keep one of them.")
-        if self.learn.loss_func == self.lf:  # left wrapped by a fit that raised
-            self.learn.loss_func = self.old_lf
         self._set_up = False
+        self._scope_batches()
 
     def before_train(self):
         if not self._set_up:
@@ -77,14 +95,83 @@ class _MixupCallback(MixHandler):
 
     def after_train(self):
         self._end_batch()
-        if self.learn.loss_func == self.lf:
-            self.learn.loss_func = self.old_lf
+        self._restore_loss()
 
     def after_fit(self):
-        self.after_train()
+        if self._nested:
+            self._nested -= 1
+            return
+        self._tear_down()
 
-    def _end_batch(self):
+    def _restore_loss(self):
+        learn = getattr(self, "learn", None)
+        if learn is not None and learn.loss_func == self.lf:
+            learn.loss_func = self.old_lf
+
+    def _tear_down(self):
+        "Ends the fit: the batch, the loss swap, the batch scope and the mixer's points."
+        self._end_batch()
+        self._restore_loss()
+        self._unscope_batches()
+        self._remove_mixer()
+        self._fit, self._nested = None, 0
+
+    def _end_batch(self, completed=False):
         pass
+
+    def _remove_mixer(self):
+        pass
+
+    # fastai sends no event after an exception that is not one of its Cancel*Exceptions (a
+    # KeyboardInterrupt inside a layer, an error in the loss or in another callback): each
+    # training batch, its events included, runs inside try/except here, so that such an
+    # exception ends the fit's mixer (no point stays armed) whatever raises.
+    def _scope_batches(self):
+        learn = self.learn
+        current = learn.__dict__.get("one_batch")
+        if current is not None and current is self._scope:
+            return
+        inner = current if current is not None else partial(type(learn).one_batch, learn)
+        self._scope = partial(self._one_batch, learn, inner)
+        learn.one_batch = self._scope
+
+    def _unscope_batches(self):
+        learn = getattr(self, "learn", None)
+        if learn is not None and self._scope is not None and learn.__dict__.get("one_batch") is self._scope:
+            inner = self._scope.args[1]
+            if isinstance(inner, partial) and inner.func is type(learn).one_batch:
+                del learn.one_batch
+            else:
+                learn.one_batch = inner
+        self._scope = None
+
+    def _one_batch(self, learn, inner, *args, **kwargs):
+        if self.learn is not learn or not learn.training:
+            return inner(*args, **kwargs)
+        try:
+            return inner(*args, **kwargs)
+        except _CANCELS:  # fastai goes on, or ends the fit with after_fit
+            self._end_batch()
+            raise
+        except BaseException:
+            self._tear_down()
+            raise
+
+
+def _running_fit(learn):
+    """The frame of the outermost `learn.fit()` running on this thread, or None: fastai's
+    validate() and get_preds() send before_fit too, and only the stack says whether they run
+    inside a fit."""
+    codes = {Learner.fit.__code__}
+    fit = getattr(type(learn), "fit", None)
+    if getattr(fit, "__code__", None) is not None:
+        codes.add(fit.__code__)
+    found, frame = None, sys._getframe(1)
+    while frame is not None:
+        if frame.f_code in codes and frame.f_locals.get("self") is learn:
+            found = frame
+        frame = frame.f_back
+    return found
 
 
 class ManifoldMixup(_MixupCallback):
@@ -110,64 +197,24 @@ class ManifoldMixup(_MixupCallback):
         return ManifoldMixer(self.learn.model, self.alpha, modules=self._user_module_list,
                              input_mixup=self.use_input_mixup, verbose=self._verbose_once())
 
-    def before_fit(self):
-        super().before_fit()
-        self._scope_batches()
-
     def before_batch(self):
         self.learn.xb = self._mm._begin(self.xb)
-
-    def after_pred(self):
-        self._mm._detach()  # a hook lives for the forward pass only
 
     def _mixed_loss(self, pred, *yb):
         if not self._mm._begun:  # a training-mode loss outside a batch (another callback's)
             return self.old_lf(pred, *yb)
         return self._mm.loss(self.old_lf, pred, *yb)
 
-    def _end_batch(self):
+    def _end_batch(self, completed=False):
+        if self._mm is not None and self._mm._begun:
+            self._mm._end(completed=completed)
+
+    def _remove_mixer(self):
         if self._mm is not None:
-            self._mm._end(completed=False)
+            self._mm.remove()
 
     def after_batch(self):
-        self._end_batch()
-
-    def after_fit(self):
-        super().after_fit()
-        self._unscope_batches()
-
-    # fastai sends no event after an exception that is not a Cancel*Exception (a
-    # KeyboardInterrupt inside a layer, an error in the loss): the batch runs inside try/finally
-    # here, so that no hook outlives it whatever raises.
-    def _scope_batches(self):
-        learn = self.learn
-        current = learn.__dict__.get("_do_one_batch")
-        if current is not None and current is self._scope:
-            return
-        inner = current if current is not None else partial(type(learn)._do_one_batch, learn)
-        self._scope = partial(self._one_batch, learn, inner)
-        learn._do_one_batch = self._scope
-
-    def _unscope_batches(self):
-        learn = self.learn
-        if self._scope is not None and learn.__dict__.get("_do_one_batch") is self._scope:
-            inner = self._scope.args[1]
-            if isinstance(inner, partial) and inner.func is type(learn)._do_one_batch:
-                del learn._do_one_batch
-            else:
-                learn._do_one_batch = inner
-        self._scope = None
-
-    def _one_batch(self, learn, inner):
-        if self.learn is not learn or self._mm is None or not learn.training:
-            return inner()
-        try:
-            self._mm._attach()
-            inner()
-        except BaseException:
-            self._mm._end(completed=False)
-            raise
-        self._mm._end(completed=True)
+        self._end_batch(completed=True)
 
 
 class OutputMixup(_MixupCallback):
@@ -184,6 +231,9 @@ class OutputMixup(_MixupCallback):
 
     def _mixed_loss(self, pred, *yb):
         return self._mm.loss(self.old_lf, pred, *yb)
+
+    def _end_batch(self, completed=False):
+        pass
 
 
 _SCHEDULER_FIXES = {

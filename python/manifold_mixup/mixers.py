@@ -13,9 +13,9 @@ import torch
 import torch.nn as nn
 
 from . import _C
-from .hooks import PointHooks
+from .points import ForwardRecord, Points
 from .losses import is_classification, is_regression_loss, mixed_loss
-from .selection import select_modules, unwrap_model
+from .selection import ManifoldMixupModule, select_modules, unwrap_model
 
 __all__ = ["ManifoldMixer", "OutputMixer"]
 
@@ -86,26 +86,33 @@ class ManifoldMixer:
 
     Args:
         model: the model the loop calls; may be wrapped in DistributedDataParallel or
-            torch.compile (modules are selected and hooked inside the wrapper).
+            torch.compile (modules are selected and mixed inside the wrapper).
         alpha: parameter of the Beta(alpha, alpha) law of the weights; 0 means no mixing.
         modules: the modules to mix at (a list, or one module); None selects them by the rules
             of `manifold_mixup.selection.select_modules`.
         input_mixup: whether the input is one of the points (left out automatically when the
-            input is not all floating tensors, e.g. tabular categories).
+            input is not all floating tensors, e.g. tabular categories or token ids).
         seed: None draws from torch's default generators (torch.manual_seed governs); an int
             gives this mixer its own generator (under DDP pass e.g. ``seed + rank``).
         verbose: True prints which modules were selected and why (rank 0 only), False is
             silent, or pass a function taking the line (e.g. ``logging.info``).
 
-    Guarantees: hooks exist only inside ``batch()`` and are removed whatever raises (so
-    ``torch.save``, ``copy.deepcopy`` and ``state_dict`` of the model are never affected); a
-    model in eval mode is never mixed; a batch whose chosen point did not run gets the plain
-    loss and is counted in ``mixer.unmixed_batches``; a module that runs twice in a batch is
-    mixed on its first call only (and warned about once). Modules that do not run in the first
-    training batch, or whose output is not a single tensor, are dropped from the candidates.
+    The points live as long as the mixer (until ``remove()``): inside ``batch()`` every
+    training-mode forward of the model mixes at the drawn point with the batch's lam and perm
+    (a second forward for SAM or R-Drop, a checkpointed layer recomputed in the backward), and
+    each ``loss`` matches the forward before it; outside ``batch()``, in eval mode, or in a copy
+    or pickle of the model (which holds the original classes) nothing mixes. A forward whose
+    drawn point did not run trains on the plain loss and is counted in
+    ``mixer.unmixed_batches``; a module that runs twice in one forward is mixed on its first
+    call only (warned once); a point whose output has no batch dimension (or is not floating)
+    is left out with a line, as is one that never runs in its first training batches.
     Counters: ``mixer.batches``, ``mixer.point_mixes``, ``mixer.input_mixes``,
     ``mixer.unmixed_batches``, ``mixer.repeated_calls``.
     """
+
+    # A candidate that has run in no forward of this many training batches is left out: a
+    # layer dropped at random (LayerDrop, stochastic depth) runs in some batch long before.
+    NEVER_RAN_BATCHES = 20
 
     def __init__(self, model: nn.Module, alpha=0.4, modules=None, input_mixup: bool = True,
                  seed=None, verbose=True):
@@ -113,20 +120,31 @@ class ManifoldMixer:
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         alpha = check_alpha(alpha)
         check_flag(input_mixup, "input_mixup")
+        _refuse_data_parallel_over_devices(model)
         self._say, self._verbose = _logger(verbose), verbose not in (False, None)
         self.model, self._root = model, unwrap_model(model)
         if isinstance(modules, nn.Module):
             modules = [modules]
-        self.modules = select_modules(model, modules, log=self._say)
+        self._automatic = modules is None
+        selected = select_modules(model, modules, log=self._say)
         self.mixer = _C.Mixer(alpha=alpha, input_mixup=input_mixup, seed=_check_seed(seed))
         names = {id(m): n for n, m in self._root.named_modules()}
-        for m in self.modules:
+        for m in selected:
             self.mixer.add_point(names.get(id(m)) or type(m).__name__)
-        self._hooks = PointHooks(self.modules)
+        fields = [m.field if isinstance(m, ManifoldMixupModule) else None for m in selected]
+        self._points = Points(self._root, selected, fields)
+        self._state = self._points.state
         self._active = self._begun = self._removed = False
-        self._synced = True
-        self._dry_run_done = self._input_checked = self._warned_repeat = False
-        self._warned_silent = False
+        self._synced = None
+        self._input_checked = self._warned_repeat = False
+        self._ran_ever = [False] * len(selected)
+        self._training_batches = 0
+        self._warned_not_run = set()
+
+    @property
+    def modules(self):
+        "The mixup point modules, in the order of point_names and mixer.point_mixes."
+        return list(self._points.modules)
 
     # -- settings ---------------------------------------------------------------------------
     @property
@@ -145,7 +163,7 @@ class ManifoldMixer:
 
     @property
     def mixed(self) -> bool:
-        "Whether the current batch has mixed (the input, or the chosen module's output)."
+        "Whether the current batch's latest forward has mixed (the input, or the drawn module)."
         self._sync()
         return self._active and self.mixer.mixed
 
@@ -156,7 +174,6 @@ class ManifoldMixer:
         if one was given, else a tuple). Call the model and `loss` inside the block."""
         mixed = self._begin(inputs)
         try:
-            self._attach()
             yield mixed[0] if len(mixed) == 1 else mixed
         except BaseException:
             self._end(completed=False)
@@ -164,28 +181,48 @@ class ManifoldMixer:
         self._end(completed=True)
 
     def loss(self, loss_fn, pred, *targets):
-        """The batch's loss: ``lam * loss_fn(pred, y) + (1 - lam) * loss_fn(pred, y[perm])`` per
-        sample, reduced as loss_fn's `reduction` says (classification: integer targets, or a
-        cross-entropy/BCE loss), or ``loss_fn(pred, mix_targets(y))`` (regression); the plain
-        ``loss_fn(pred, *targets)`` when this batch did not mix (eval mode, alpha 0, or the
-        chosen module did not run). loss_fn must accept ``reduction='none'`` (as torch's losses
-        do) or have a `reduction` attribute."""
+        """The loss of the batch's latest forward: ``lam * loss_fn(pred, y) + (1 - lam) *
+        loss_fn(pred, y[perm])`` per sample, reduced as loss_fn reduces (classification:
+        integer targets, or a cross-entropy/BCE loss), or ``loss_fn(pred, mix_targets(y))``
+        (regression); the plain ``loss_fn(pred, *targets)`` when that forward did not mix (eval
+        mode, alpha 0, or the drawn module did not run). loss_fn must accept
+        ``reduction='none'`` (as torch's losses do) or have a `reduction` attribute."""
         if not self._in_batch("loss"):
             return loss_fn(pred, *targets)
-        self._detach()  # the forward is over: no hook stays for the rest of the block
+        self._sync()
         return mixed_loss(self.mixer, loss_fn, pred, targets)
 
     def mix_targets(self, *targets):
-        "Regression targets mixed as the batch was (unchanged when it did not mix)."
+        "Regression targets mixed as the batch's latest forward was (unchanged if it did not mix)."
         if self._in_batch("mix_targets"):
-            self._detach()
+            self._sync()
             targets = tuple(self.mixer.mix_targets(y) for y in targets)
         return targets[0] if len(targets) == 1 else targets
 
+    def mix_mask(self, mask, padding=False):
+        """The attention mask of the mixed sequences: a mixed position holds both samples'
+        states, so it is valid where either sample's is. `mask` is [B, T, ...], True or nonzero
+        where a position is valid (Hugging Face's attention_mask); `padding=True` for masks that
+        are True where a position is padding (torch's key_padding_mask). Unchanged when nothing
+        mixes in this batch (eval mode, alpha 0). Layers before the drawn point see the union
+        too: see the docs on padding."""
+        if not self._in_batch("mix_mask") or self.mixer.chosen == _C.Mixer.NO_POINT:
+            return mask
+        if not isinstance(mask, torch.Tensor) or mask.dim() < 1 or mask.shape[0] != self.mixer.batch_size:
+            raise ValueError(f"mix_mask: mask must be a tensor whose dim 0 is the batch "
+                             f"({self.mixer.batch_size}), got {getattr(mask, 'shape', type(mask).__name__)}")
+        other = mask.index_select(0, self.mixer.perm.to(mask.device))
+        if mask.dtype == torch.bool:
+            return mask & other if padding else mask | other
+        return torch.minimum(mask, other) if padding else torch.maximum(mask, other)
+
     def remove(self):
-        "Ends any batch and detaches everything; the mixer cannot be used afterwards."
-        if self.mixer.in_batch or self._hooks.attached:
+        "Ends any batch and removes the points (the model's classes are restored); final."
+        if self._removed:
+            return
+        if self.mixer.in_batch or self._begun:
             self._end(completed=False)
+        self._points.remove()
         self._removed = True
 
     def __enter__(self):
@@ -207,13 +244,14 @@ class ManifoldMixer:
         return self._active
 
     def _begin(self, inputs):
-        if self._removed:
-            raise RuntimeError("ManifoldMixer: remove() was called; create a new mixer")
-        if self.mixer.in_batch or self._hooks.attached:  # left open by an exception
+        if self._removed or self._points.removed:
+            raise RuntimeError("ManifoldMixer: remove() was called (or another mixer took this "
+                               "model over); create a new mixer")
+        if self.mixer.in_batch or self._begun:  # left open by an exception
             self._end(completed=False)
         if not inputs:
             raise TypeError("ManifoldMixer.batch() needs the batch's input tensor(s)")
-        self._begun, self._synced = True, False
+        self._begun = True
         self._active = self._root.training
         if not self._active:  # eval mode never mixes
             return inputs
@@ -224,11 +262,20 @@ class ManifoldMixer:
             raise TypeError("ManifoldMixer.batch: the first input must be a tensor whose dim 0 "
                             f"is the batch, got {type(ref).__name__}")
         chosen = self.mixer.begin_batch(ref.shape[0], ref.device)
-        self._hooks.arm(chosen, self.mixer.lam, self.mixer.perm)
+        self._arm(chosen)
         if chosen != _C.Mixer.INPUT_POINT:
             return inputs
         first = self.mixer.mix_input(ref)  # counts the input's mix once per batch
         return (first,) + tuple(self.mixer.mix(x) for x in inputs[1:])
+
+    def _arm(self, chosen):
+        state = self._state
+        state.chosen, state.chosen_t = chosen, self.mixer.chosen_tensor
+        state.lam, state.perm = self.mixer.lam, self.mixer.perm
+        # A forward that does not go through the root model's own call still has a record.
+        state.forward = ForwardRecord(state.n_points)
+        self._first_record, self._synced = state.forward, None
+        state.armed = True
 
     def _check_input(self, inputs):
         "Once: integer inputs (tabular categories) cannot be mixed; leave the input out."
@@ -238,79 +285,92 @@ class ManifoldMixer:
             self.mixer.input_mixup = False
             if self._verbose and _rank() == 0:
                 warnings.warn("ManifoldMixup: the batch input is not all floating tensors "
-                              "(e.g. tabular categories), so the input is left out of the mixup "
-                              "points; the modules are still mixed.", stacklevel=4)
-
-    def _attach(self):
-        if self._active:
-            self._hooks.attach()
-
-    def _detach(self):
-        self._hooks.detach()
-        self._sync()
+                              "(e.g. tabular categories or token ids), so the input is left out of "
+                              "the mixup points; the modules are still mixed.", stacklevel=4)
 
     def _sync(self):
-        "Hands what the hooks saw to the Mixer, once per batch, after the forward."
-        if self._synced or not self.mixer.in_batch:
+        "Hands the latest forward's record to the native Mixer, once per forward."
+        record = self._state.forward
+        if record is self._synced or not self.mixer.in_batch:
             return
+        self._synced = record
+        if record is not self._first_record:
+            self.mixer.begin_forward()
+        for i, ran in enumerate(record.ran):
+            self._ran_ever[i] = self._ran_ever[i] or ran
         chosen = self.mixer.chosen
-        if chosen >= 0:
-            hook = self._hooks.hooks[chosen]
-            if hook.mixed:
-                self._synced = True
-                self.mixer.record_point_mixed(chosen, hook.calls)
-                return
-        # Synced for good only once the forward has run (some hook was called).
-        self._synced = any(h.calls for h in self._hooks.hooks) or not self._hooks.hooks
+        if chosen >= 0 and record.ran[chosen] and record.unmixable[chosen] is None:
+            self.mixer.record_point_mixed(chosen, 1 + record.repeats[chosen])
 
     def _end(self, completed):
-        self._hooks.detach()
-        self._hooks.disarm()
+        self._state.armed = False
         if self.mixer.in_batch:
             self._sync()
-            forward_ran = any(h.calls for h in self._hooks.hooks)
+            record, chosen = self._state.forward, self.mixer.chosen
+            unmixed = chosen >= 0 and not self.mixer.mixed
             self.mixer.end_batch()
-            if completed and self._hooks.hooks:
-                if not forward_ran:
-                    self._warn_no_module_ran()
-                elif not self._dry_run_done:
-                    self._drop_candidates_that_cannot_mix()
+            if completed:
+                self._training_batches += 1
+                if unmixed:
+                    self._say_not_run(chosen, record)
+                self._drop_points_that_cannot_mix(record)
             if self.mixer.repeated_calls and not self._warned_repeat:
                 self._warned_repeat = True
-                warnings.warn("ManifoldMixup: a mixup point ran more than once in a batch (a "
+                warnings.warn("ManifoldMixup: a mixup point ran more than once in a forward (a "
                               "module used recurrently or shared); only its first call was "
                               "mixed. Pass module_list=[...] to choose modules that run once "
-                              "per batch.", stacklevel=4)
+                              "per forward.", stacklevel=4)
         self._active = self._begun = False
 
-    def _drop_candidates_that_cannot_mix(self):
-        "After the first training batch: drop candidates that did not run or return a tuple."
-        self._dry_run_done = True
-        keep = [i for i, h in enumerate(self._hooks.hooks) if h.calls and h.tensor_output]
-        if len(keep) == len(self._hooks.hooks):
+    def _say_not_run(self, chosen, record):
+        "Once per point: why a batch whose drawn point is a module trained on the plain loss."
+        if chosen in self._warned_not_run or record.unmixable[chosen] is not None:
             return
-        names = self.point_names
-        dropped = [(names[i], "did not run" if not h.calls else "does not return a single tensor")
-                   for i, h in enumerate(self._hooks.hooks) if i not in keep]
-        self.mixer.retain_points(keep)
-        self._hooks.retain(keep)
-        self.modules = self._hooks.modules
-        self._say(f"ManifoldMixup: {len(dropped)} of {len(names)} selected modules left out: "
-                  + "; ".join(f"{n} ({why})" for n, why in dropped) + ".")
-        if not keep and not self.mixer.input_mixup:
-            warnings.warn("ManifoldMixup: none of the selected modules can be mixed (see above) "
-                          "and the input is not a point: nothing will be mixed.", stacklevel=5)
+        self._warned_not_run.add(chosen)
+        warnings.warn(f"ManifoldMixup: the drawn point {self.point_names[chosen]!r} did not run in "
+                      "this batch's forward (a layer skipped by random depth, a branch not taken, "
+                      "a module unused in training, or a forward outside `mixer.batch()`), so the "
+                      "batch trained on the plain loss; counted in mixer.unmixed_batches.",
+                      stacklevel=5)
 
-    def _warn_no_module_ran(self):
-        if self._warned_silent:
+    def _drop_points_that_cannot_mix(self, record):
+        "Leaves out, with a line, the points whose output cannot mix and those that never run."
+        names = self.point_names
+        why = {i: f"{reason}" for i, reason in enumerate(record.unmixable) if reason is not None}
+        if self._training_batches >= self.NEVER_RAN_BATCHES:
+            why.update({i: f"did not run in the first {self._training_batches} training batches"
+                        for i, ran in enumerate(self._ran_ever) if not ran})
+        if not why:
             return
-        self._warned_silent = True
-        warnings.warn(
-            "ManifoldMixup: none of the selected modules ran in this training batch, so it was "
-            "not mixed (and trained on the plain loss). If the model was compiled (torch.compile) "
-            "and run in training mode before the mixer's first batch, its compiled graph has no "
-            "mixup hooks: create the mixer and start its batches first, or call "
-            "torch._dynamo.reset().", stacklevel=5)
+        keep = [i for i in range(len(names)) if i not in why]
+        self.mixer.retain_points(keep)
+        self._points.retain(keep)
+        self._ran_ever = [self._ran_ever[i] for i in keep]
+        self._warned_not_run = {keep.index(i) for i in self._warned_not_run if i in keep}
+        self._say(f"ManifoldMixup: {len(why)} of {len(names)} mixup points left out: "
+                  + "; ".join(f"{names[i]} ({why[i]})" for i in sorted(why)) + ".")
+        if not keep and not self.mixer.input_mixup:
+            warnings.warn("ManifoldMixup: none of the mixup points can be mixed (see above) and "
+                          "the input is not a point: nothing will be mixed.", stacklevel=5)
+
+
+def _refuse_data_parallel_over_devices(model):
+    "DataParallel splits the batch over replicas, each of which would mix its chunk with perm[B]."
+    while True:
+        if isinstance(model, nn.DataParallel):
+            if len(model.device_ids or []) > 1:
+                raise ValueError(
+                    f"ManifoldMixer: the model is in nn.DataParallel over {len(model.device_ids)} "
+                    "devices: each replica sees a chunk of the batch, which cannot be mixed with "
+                    "the whole batch's permutation. Use DistributedDataParallel (one process per "
+                    "GPU; see examples/ddp_torchrun.py), or DataParallel over one device.")
+            model = model.module
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return
 
 
 class OutputMixer:

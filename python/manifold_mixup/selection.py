@@ -15,6 +15,10 @@ __all__ = ["ManifoldMixupModule", "non_mixable_module_types", "select_modules", 
 class ManifoldMixupModule(nn.Module):
     """Marks `module` as a mixup point for ManifoldMixup; otherwise transparent.
 
+    `field` names what to mix when the module returns several things: an index for a tuple or
+    list, a key for a dict or a Hugging Face ModelOutput, a field name for a dataclass (None:
+    the first tensor), the rest passing through unchanged.
+
     Scriptable: TorchScript cannot compile a forward taking *args and **kwargs, so
     `torch.jit.script` puts in its place (through torch's __prepare_scriptable__, which also
     writes it into the Python parent) a ManifoldMixupModule sharing the same `module` whose
@@ -22,15 +26,15 @@ class ManifoldMixupModule(nn.Module):
     class is named ManifoldMixupModule, so the C ABI's selection rules find it after
     `torch.jit.save` and `mm_module_load`."""
 
-    def __init__(self, module: nn.Module):
+    def __init__(self, module: nn.Module, field=None):
         super().__init__()
-        self.module = module
+        self.module, self.field = module, field
 
     def forward(self, *args, **kwargs):
         return self.module(*args, **kwargs)
 
     def __prepare_scriptable__(self):
-        return _ScriptableManifoldMixupModule(self.module)
+        return _ScriptableManifoldMixupModule(self.module, self.field)
 
 
 class _ScriptableManifoldMixupModule(ManifoldMixupModule):

@@ -2,6 +2,7 @@
 // batch, reproducibility, mixed losses, schedules and misuse.
 #include <gtest/gtest.h>
 #include <ATen/ops/cross_entropy_loss.h>
+#include <ATen/ops/nll_loss_nd.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/types.h>
 #include <torch/utils.h>
@@ -9,10 +10,12 @@
 #include <cfloat>
 #include <cmath>
 
+#include "errors.h"
 #include "mixer.h"
 
 namespace {
 
+using manifold_mixup::ClassLossOptions;
 using manifold_mixup::Mixer;
 using manifold_mixup::MixerOptions;
 using manifold_mixup::Schedule;
@@ -377,6 +380,175 @@ TEST(MixerMixed, MixedCrossEntropySharesOneLogSoftmaxAndIgnoresMinus100) {
   const auto lb = logits.detach().to(torch::kBFloat16);
   const auto gb = m.mixed_cross_entropy(lb, y);
   EXPECT_EQ(gb.scalar_type(), torch::kFloat);
+  m.end_batch();
+}
+
+// ---- mixed classification losses reduced as torch reduces them ---------------------------
+
+// A batch of 6 that mixed at the input, with lam ~ Beta(alpha, alpha) folded.
+Mixer& mixed_batch(Mixer& m) {
+  EXPECT_EQ(m.begin_batch(6, torch::kCPU), Mixer::kInputPoint);
+  m.mix_input(torch::zeros({6, 1}));
+  EXPECT_TRUE(m.mixed());
+  return m;
+}
+
+struct LossCase {
+  const char* name;
+  std::vector<int64_t> shape;  // logits: [B, C] or [B, C, H, W]
+  bool weighted;
+  int64_t ignore_index;
+  bool ignore_half;
+  double label_smoothing;
+};
+
+std::vector<LossCase> loss_cases() {
+  return {{"plain", {6, 4}, false, -100, false, 0.0},
+          {"weight", {6, 4}, true, -100, false, 0.0},
+          {"ignore", {6, 4}, false, -100, true, 0.0},
+          {"smoothing", {6, 4}, false, -100, false, 0.2},
+          {"weight+ignore+smoothing", {6, 4}, true, -100, true, 0.1},
+          {"segmentation 255", {6, 4, 3, 5}, true, 255, true, 0.1}};
+}
+
+std::pair<at::Tensor, at::Tensor> loss_data(const LossCase& c, uint64_t seed) {
+  torch::manual_seed(seed);
+  const auto logits = torch::randn(c.shape);
+  auto target_shape = c.shape;
+  target_shape.erase(target_shape.begin() + 1);
+  auto y = torch::randint(c.shape[1], target_shape, torch::kLong);
+  if (c.ignore_half) {
+    const auto flat = y.view({-1});
+    flat.index_fill_(0, torch::randperm(flat.numel()).narrow(0, 0, flat.numel() / 2), c.ignore_index);
+  }
+  return {logits, y};
+}
+
+ClassLossOptions loss_options(const LossCase& c, at::Reduction::Reduction reduction) {
+  ClassLossOptions o;
+  if (c.weighted) o.weight = torch::tensor({0.3f, 2.0f, 1.0f, 4.5f});
+  o.ignore_index = c.ignore_index;
+  o.label_smoothing = c.label_smoothing;
+  o.reduction = reduction;
+  return o;
+}
+
+// The definition in ClassLossOptions, element by element: per-element losses and class weights of
+// both targets from the log-probabilities themselves, mixed, then summed (and divided).
+at::Tensor reference_mixed_loss(const at::Tensor& log_probs, const at::Tensor& y, const Mixer& m,
+                                const ClassLossOptions& o) {
+  const int64_t c = log_probs.size(1);
+  const auto lp = log_probs.movedim(1, -1);  // [B, d..., C]
+  const auto w = o.weight.defined() ? o.weight : torch::ones({c});
+  const double eps = o.label_smoothing;
+  auto per_element = [&](const at::Tensor& t) {
+    const auto kept = (t != o.ignore_index).to(torch::kFloat);
+    const auto safe = t.masked_fill(t == o.ignore_index, 0);
+    const auto wt = w.index_select(0, safe.flatten()).view(safe.sizes()) * kept;
+    const auto nll = -lp.gather(-1, safe.unsqueeze(-1)).squeeze(-1) * wt;
+    const auto smooth = -(lp * w).sum(-1) * kept;
+    return std::make_pair((1 - eps) * nll + (eps / c) * smooth, wt);
+  };
+  std::vector<int64_t> shape(y.dim(), 1);
+  shape[0] = y.size(0);
+  const auto lam = m.lam().view(shape);
+  const auto [l_own, w_own] = per_element(y);
+  const auto [l_other, w_other] = per_element(y.index_select(0, m.perm()));
+  const auto num = lam * l_own + (1 - lam) * l_other;
+  if (o.reduction == at::Reduction::None) return num;
+  if (o.reduction == at::Reduction::Sum) return num.sum();
+  return num.sum() / (lam * w_own + (1 - lam) * w_other).sum();
+}
+
+const std::vector<at::Reduction::Reduction> kReductions = {at::Reduction::Mean, at::Reduction::Sum,
+                                                           at::Reduction::None};
+
+TEST(MixedLosses, WithLamOneTheyAreTorchsLossesAndUnmixedExactlyThem) {
+  Mixer ones(options(1e-30, true, 30));
+  mixed_batch(ones);
+  ASSERT_TRUE(torch::equal(ones.lam(), torch::ones({6})));  // 1e-30 folds to exactly 1 in float32
+  Mixer unmixed(options(1.0, false, 31));
+  unmixed.add_point("never_runs");
+  ASSERT_EQ(unmixed.begin_batch(6, torch::kCPU), 0);
+  for (const auto& c : loss_cases()) {
+    for (const auto r : kReductions) {
+      SCOPED_TRACE(c.name + std::string(" reduction ") + std::to_string(int(r)));
+      const auto [logits, y] = loss_data(c, 32);
+      const auto o = loss_options(c, r);
+      const auto torchs = at::cross_entropy_loss(logits, y, o.weight, r, o.ignore_index, o.label_smoothing);
+      const auto got = ones.mixed_cross_entropy(logits, y, o);
+      EXPECT_EQ(got.sizes(), torchs.sizes());
+      EXPECT_TRUE(torch::allclose(got, torchs, 1e-5, 1e-6));
+      EXPECT_TRUE(torch::equal(unmixed.mixed_cross_entropy(logits, y, o), torchs));
+      if (c.label_smoothing == 0) {
+        const auto lp = torch::log_softmax(logits, 1);
+        const auto nll = at::nll_loss_nd(lp, y, o.weight, r, o.ignore_index);
+        EXPECT_TRUE(torch::allclose(ones.mixed_nll_loss(lp, y, o), nll, 1e-5, 1e-6));
+        EXPECT_TRUE(torch::equal(unmixed.mixed_nll_loss(lp, y, o), nll));
+      }
+    }
+  }
+}
+
+TEST(MixedLosses, AMixedBatchFollowsTheDefinitionInValueAndGradient) {
+  Mixer m(options(1.0, true, 33));
+  mixed_batch(m);
+  ASSERT_TRUE((m.lam() < 0.999).any().item<bool>());
+  for (const auto& c : loss_cases()) {
+    for (const auto r : kReductions) {
+      SCOPED_TRACE(c.name + std::string(" reduction ") + std::to_string(int(r)));
+      auto [logits, y] = loss_data(c, 34);
+      logits.requires_grad_(true);
+      const auto o = loss_options(c, r);
+      const auto got = m.mixed_cross_entropy(logits, y, o);
+      const auto expected = reference_mixed_loss(torch::log_softmax(logits, 1), y, m, o);
+      EXPECT_TRUE(torch::allclose(got, expected, 1e-5, 1e-6));
+      const auto g1 = torch::autograd::grad({got.sum()}, {logits})[0];
+      const auto g2 = torch::autograd::grad({expected.sum()}, {logits})[0];
+      EXPECT_GT(g1.abs().sum().item<float>(), 0);
+      EXPECT_TRUE(torch::allclose(g1, g2, 1e-5, 1e-6));
+      if (c.label_smoothing == 0) {  // the NLL of the same log-probabilities is the same loss
+        const auto lp = torch::log_softmax(logits, 1);
+        EXPECT_TRUE(torch::allclose(m.mixed_nll_loss(lp, y, o), got, 1e-5, 1e-6));
+      }
+      // Reduced-precision logits: computed in float32, as autocast computes cross-entropy.
+      const auto half = m.mixed_cross_entropy(logits.detach().to(torch::kBFloat16), y, o);
+      EXPECT_EQ(half.scalar_type(), torch::kFloat);
+      const auto lp16 = torch::log_softmax(logits.detach().to(torch::kBFloat16).to(torch::kFloat), 1);
+      EXPECT_TRUE(torch::allclose(half, reference_mixed_loss(lp16, y, m, o), 1e-5, 1e-6));
+    }
+  }
+  m.end_batch();
+}
+
+TEST(MixedLosses, WrongOptionsAndShapesAreRefusedNamingTheArgument) {
+  Mixer m(options(1.0, true, 35));
+  mixed_batch(m);
+  const auto logits = torch::randn({6, 4, 3});
+  const auto y = torch::randint(4, {6, 3}, torch::kLong);
+  auto refused = [&](const at::Tensor& l, const at::Tensor& t, const ClassLossOptions& o,
+                     const std::string& words, bool nll = false) {
+    try {
+      nll ? m.mixed_nll_loss(l, t, o) : m.mixed_cross_entropy(l, t, o);
+      ADD_FAILURE() << "accepted: " << words;
+    } catch (const manifold_mixup::ArgumentError& e) {
+      EXPECT_NE(std::string(e.what_without_backtrace()).find(words), std::string::npos)
+          << e.what_without_backtrace();
+    }
+  };
+  refused(logits, torch::randint(4, {6, 4}, torch::kLong), {}, "target must be int64 class indices of shape [6, 3]");
+  refused(logits, y.to(torch::kInt), {}, "target must be int64");
+  refused(torch::randn({6}), torch::randint(4, {6}, torch::kLong), {}, "the input must have shape [6, C, ...]");
+  ClassLossOptions o;
+  o.weight = torch::ones({3});
+  refused(logits, y, o, "weight must be a floating tensor of the 4 classes");
+  o.weight = torch::ones({4}, torch::kLong);
+  refused(logits, y, o, "weight must be a floating tensor of the 4 classes");
+  o = {};
+  o.label_smoothing = 1.5;
+  refused(logits, y, o, "label_smoothing must be in [0, 1]");
+  o.label_smoothing = 0.1;
+  refused(logits, y, o, "label_smoothing must be 0", /*nll=*/true);
   m.end_batch();
 }
 

@@ -13,7 +13,7 @@ from sklearn.datasets import load_digits
 
 from manifold_mixup import (DynamicManifoldMixup, DynamicOutputMixup, ManifoldMixup,
                             OutputMixup)
-from small_models import ResBlock, cnn
+from small_models import ResBlock, cnn, mixup_traces
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def learner(dls, cbs=(), model=None, loss=None):
 
 
 def hooks_left(model):
-    return sum(len(m._forward_hooks) for m in model.modules())
+    return mixup_traces(model)
 
 
 ALL = [ManifoldMixup, OutputMixup, DynamicManifoldMixup, DynamicOutputMixup]
@@ -68,7 +68,7 @@ class Spy(Callback):
         self.rows.append(dict(pct=self.pct_train, alpha=m.alpha, lam=m.lam.clone(),
                               perm=m.perm.clone(), yb=[y.clone() for y in self.yb],
                               pred=self.pred.detach().clone(), loss=self.loss.item(),
-                              mixed=m.mixed))
+                              mixed=m.mixed, chosen=m.chosen))
 
 
 class CancelAt(Callback):
@@ -523,14 +523,19 @@ def test_a_chosen_module_that_cannot_mix_trains_on_the_plain_loss_and_is_counted
     cb = ManifoldMixup(alpha=1.0, use_input_mixup=False, module_list=[model.frozen, model.pair])
     spy = Spy(cb)
     learn = learner(dls, [cb, Freeze(), spy], model=model)
-    with learn.no_bar(), learn.no_logging():
-        learn.fit(1, 3e-3)
-    assert cb.mixer.unmixed_batches == len(dls.train) and not any(r["mixed"] for r in spy.rows)
-    for r in spy.rows:
+    with learn.no_bar(), learn.no_logging(), warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        learn.fit(2, 3e-3)
+    frozen = [r for r in spy.rows if r["chosen"] == 0]
+    assert frozen and not any(r["mixed"] for r in frozen)  # eval mode never mixes
+    for r in frozen:
         assert r["loss"] == pytest.approx(F.cross_entropy(r["pred"], r["yb"][0]).item(), rel=1e-5)
-    assert cb.module_list == [model.frozen]  # the tuple-returning module is left out
-
-
+    assert cb.mixer.unmixed_batches == len(frozen)
+    assert sum("'frozen' did not run" in str(w.message) for w in record) == 1
+    # The tuple's first tensor is the one that mixes; the point stays.
+    assert all(r["mixed"] for r in spy.rows if r["chosen"] == 1)
+    assert cb.mixer.point_mixes == [0, len(spy.rows) - len(frozen)]
+    assert cb.module_list == [model.frozen, model.pair]
 def test_the_selection_line_is_said_once_per_callback_on_rank_0_and_can_be_silenced(dls, capsys, monkeypatch):
     cb = ManifoldMixup()
     learn = learner(dls, [cb])
@@ -580,3 +585,57 @@ def test_a_compiled_model_in_a_learner_mixes_at_its_modules(dls):
     assert sum(cb.mixer.point_mixes) > 0 and cb.mixer.unmixed_batches == 0
     assert sum(cb.mixer.point_mixes) + cb.mixer.input_mixes == len(dls.train)
     assert not dynamo.utils.counters["graph_break"]
+
+
+def test_validate_and_get_preds_inside_a_fit_leave_the_fits_mixer_mixing(dls):
+    class SecondValidation(Callback):
+        "Validates on another set at every epoch's end, as a user's callback would."
+        order, busy = 70, False
+
+        def after_epoch(self):
+            if self.busy:  # validate() and get_preds() send after_epoch too
+                return
+            self.busy = True
+            self.learn.validate(dl=self.dls.valid)
+            self.learn.get_preds(dl=self.dls.valid)
+            self.busy = False
+
+    cb = ManifoldMixup(alpha=1.0, verbose=False)
+    learn = learner(dls, [cb, SecondValidation()])
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(3, 3e-3)
+    n = 3 * len(dls.train)
+    assert cb.mixer.batches == n and cb.mixer.unmixed_batches == 0
+    assert sum(cb.mixer.point_mixes) + cb.mixer.input_mixes == n
+    assert min(cb.mixer.point_mixes) > 0  # the modules kept mixing after the first validate()
+    assert hooks_left(learn.model) == 0 and learn.loss_func.__class__.__name__ == "CrossEntropyLossFlat"
+
+
+def test_a_callback_that_runs_the_model_again_before_the_step_gets_a_matching_mixed_loss(dls):
+    class Consistency(Callback):
+        "Adds a second forward's loss before the step, as SAM-style or consistency callbacks do."
+        order = 60
+
+        def __init__(self, cb):
+            self.cb, self.checked = cb, 0
+
+        def before_step(self):
+            pred = self.learn.model(*self.learn.xb)
+            loss = self.learn.loss_func(pred, *self.learn.yb)
+            m = self.cb.mixer
+            if m.mixed:
+                lam, perm, y = m.lam, m.perm, self.learn.yb[0]
+                expected = (lam * F.cross_entropy(pred, y, reduction="none")
+                            + (1 - lam) * F.cross_entropy(pred, y[perm], reduction="none")).mean()
+                torch.testing.assert_close(loss, expected)
+                torch.testing.assert_close(pred, self.learn.pred)  # the same mix as the first forward
+                self.checked += 1
+            loss.backward()
+
+    cb = ManifoldMixup(alpha=1.0, verbose=False)
+    second = Consistency(cb)
+    learn = learner(dls, [cb, second], model=cnn().eval().train())
+    learn.model.apply(lambda m: setattr(m, "momentum", 0.0) if isinstance(m, nn.BatchNorm2d) else None)
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1, 3e-3)
+    assert second.checked == len(dls.train) and cb.mixer.unmixed_batches == 0
