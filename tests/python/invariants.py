@@ -14,6 +14,7 @@ One training batch, in any loop (plain PyTorch, a fastai Learner, a LightningMod
         out = forward(xb)
         loss = mm.loss(F.cross_entropy, out, y)
         check.during(mm.mixer, points, out, loss, y)   # chosen point, upstream points, input, loss
+    loss.backward()
     check.after(out)                        # the output equals a forward mixed by the test itself
 
 and around the whole run, `ModelState(model)` before the mixer and `.assert_restored()` after
@@ -319,8 +320,10 @@ class BatchCheck:
                 assert_close(a, b, **POINT_TOL)
 
     def after(self, pred):
-        """After the batch: `pred` (the batch's output) equals a forward of the same batch in
-        which the test itself mixes the chosen point's first output (or the input), plain torch."""
+        """After the batch and its backward (a forward between them would be one more thing the
+        test does to the model), before the optimizer step: `pred` (the batch's output) equals a
+        forward of the same batch in which the test itself mixes the chosen point's first output
+        (or the input), plain torch."""
         chosen, mixed, lam, perm, points = self.draw
         if not mixed:
             assert_close(pred.detach(), self.plain_out, **OUTPUT_TOL)
@@ -349,7 +352,7 @@ def train_checked(model, mm, batches, forward=None, lr=0.01, loss_fn=F.cross_ent
                   batch_dims=None):
     """A plain training loop of `mm` over `batches` ([(inputs tuple, y, forward kwargs)]), each
     batch checked by BatchCheck; returns the checker. The backward runs after the batch, as the
-    README's loop has it."""
+    documented loop has it."""
     check = BatchCheck(model, forward, batch_dims)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
     forward = check.forward
@@ -360,8 +363,8 @@ def train_checked(model, mm, batches, forward=None, lr=0.01, loss_fn=F.cross_ent
             out = forward(*xb, **kwargs)
             loss = mm.loss(loss_fn, out, y)
             check.during(mm.mixer, mm.modules, out, loss, y)
-        check.after(out)
         opt.zero_grad()
         loss.backward()
+        check.after(out)
         opt.step()
     return check

@@ -118,6 +118,49 @@ def test_bert_with_gradient_checkpointing_mixes_and_gets_the_gradients_of_the_pl
     assert_copyable(model)
 
 
+def micro_batches_summed(model, mm, batches):
+    "Gradient accumulation by summing: each micro-batch mixed in its own batch, one backward."
+    total = 0
+    for (ids,), y, kwargs in batches:
+        with mm.batch(ids) as xb:
+            total = total + mm.loss(F.cross_entropy, model(xb, **kwargs).logits, y)
+    total.backward()
+
+
+def clean_accuracy_then_backward(model, mm, batches):
+    "A mixed batch, then the clean batch's accuracy in training mode (for a log), then backward."
+    ((ids,), y, kwargs), = batches
+    with mm.batch(ids) as xb:
+        loss = mm.loss(F.cross_entropy, model(xb, **kwargs).logits, y)
+    with torch.no_grad():
+        (model(ids, **kwargs).logits.argmax(1) == y).float().mean()
+    loss.backward()
+
+
+@pytest.mark.parametrize("use_reentrant", [None, True], ids=["default", "reentrant"])
+@pytest.mark.parametrize("step,n", [(micro_batches_summed, 2), (clean_accuracy_then_backward, 1)],
+                         ids=["micro_batches_summed", "clean_forward_before_backward"])
+def test_bert_checkpointing_recomputes_each_batch_with_its_own_draw(bert, use_reentrant, step, n):
+    """The backward may come after other forwards of the model: another mixed batch, or a plain
+    one outside any batch. Each checkpointed layer must recompute with the draw of the forward
+    it belongs to: the gradients equal the plain model's under the same draws."""
+    model, twin = copy.deepcopy(bert), copy.deepcopy(bert)
+    enable_checkpointing(model, use_reentrant)
+    grads = []
+    for m in (model, twin):
+        mm = ManifoldMixer(m, alpha=1.0, seed=6, verbose=False)
+        for seed in range(3):  # a few draws, so that some recompute a layer the next batch did not draw
+            m.zero_grad()
+            step(m, mm, text_batches(n, seed=10 + seed))
+            grads.append([p.grad.clone() for p in m.parameters()])
+        assert_counters(mm.mixer, 3 * n)
+        mm.remove()
+    names = [name for name, _ in model.named_parameters()]
+    for got, want in zip(grads[:3], grads[3:]):
+        for name, a, b in zip(names, got, want):
+            assert_grad_close(a, b, name)
+
+
 def assert_grad_close(a, b, name):
     assert (a is None) == (b is None), name
     if a is not None:

@@ -33,7 +33,7 @@ def checking_callback(L):
     class CheckMixedBatches(L.Callback):
         """Checks every training batch of the module's ManifoldMixer: the plain forward before
         training_step, the checks when training_step asks the mixer for the loss (inside the
-        batch), the test's own mixed forward before the backward (the batch has ended)."""
+        batch), the test's own mixed forward after the backward, before the optimizer step."""
 
         def setup(self, trainer, pl_module, stage):
             self.state = ModelState(pl_module.net)  # before on_fit_start makes the mixer
@@ -52,7 +52,7 @@ def checking_callback(L):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             self.check.before(pl_module.mm.modules, batch[0])
 
-        def on_before_backward(self, trainer, pl_module, loss):
+        def on_after_backward(self, trainer, pl_module):
             self.check.after(self.pred)
 
         def on_train_end(self, trainer, pl_module):
