@@ -5,6 +5,9 @@ input is token ids, integers, so it is not a point); the loss is the same mix of
 losses. With --gradient-checkpointing the layers are recomputed in the backward, and mix again.
 
     python examples/huggingface.py [--steps 150] [--gradient-checkpointing]
+
+(transformers imports torchvision when it is installed, so that torchvision must be one built
+for your torch.)
 """
 import argparse
 

@@ -1,7 +1,8 @@
 """ManifoldMixer on a tiny Hugging Face BERT for sequence classification, built from a config
 (no download): the default selection, and under gradient checkpointing with either reentrancy.
 Each batch is checked by tests/python/invariants.py; under checkpointing the gradients must also
-equal those of the same model without it, mixed with the same draws."""
+equal those of the same model without it, mixed with the same draws, also when other forwards
+of the model come between a batch and its backward. And examples/huggingface.py, both ways."""
 import copy
 import importlib
 import sys

@@ -1,4 +1,4 @@
-"""examples/digits_lightning.py: its LightningModule trained by a real Lightning Trainer for a few
+"""examples/lightning_digits.py: its LightningModule trained by a real Lightning Trainer for a few
 batches, each checked by tests/python/invariants.py from a Lightning Callback."""
 import importlib
 import importlib.util
@@ -24,7 +24,7 @@ def example():
         third_party.torchvision()  # torchmetrics (under lightning) imports torchvision when installed
     sys.path.insert(0, str(EXAMPLES))
     try:
-        return importlib.import_module("digits_lightning")
+        return importlib.import_module("lightning_digits")
     finally:
         sys.path.remove(str(EXAMPLES))
 

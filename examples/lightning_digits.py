@@ -4,10 +4,11 @@ The mixer lives as long as the fit (made in on_fit_start, removed in on_fit_end)
 training_step is one mixed batch: the input or one residual block is mixed, and the loss is the
 same mix of the two samples' losses. Validation calls the model outside any batch: never mixed.
 
-    python examples/digits_lightning.py [--epochs 4]
+    python examples/lightning_digits.py [--epochs 4]
 
-(Named digits_lightning.py, not lightning.py: a script's folder comes first on sys.path, so a
-lightning.py here would shadow the lightning package it imports.)
+(Not lightning.py: a script's folder comes first on sys.path, so a lightning.py here would
+shadow the lightning package it imports. Lightning's torchmetrics imports torchvision when it
+is installed, so that torchvision must be one built for your torch.)
 """
 import argparse
 import warnings
