@@ -15,7 +15,7 @@ CMAKE_ARGS = -DCMAKE_BUILD_TYPE=Release \
              -DCMAKE_INSTALL_LIBDIR=lib -DCMAKE_INSTALL_INCLUDEDIR=include \
              $(if $(shell command -v ninja 2>/dev/null),-G Ninja)
 
-.PHONY: all deps build test test-cpp test-python demo bench clean
+.PHONY: all deps build test test-cpp test-python gpu-check gpu-check-cpu demo bench clean
 
 all: build
 
@@ -35,7 +35,7 @@ build: deps
 	@# The editable install's C package (python -m manifold_mixup --cmakedir) follows the build.
 	@cmake --install $(BUILD) --prefix $(CURDIR)/python/manifold_mixup >/dev/null
 
-test: build test-cpp test-python
+test: build test-cpp test-python gpu-check-cpu
 
 test-cpp:
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
@@ -48,12 +48,21 @@ test-python:
 	OMP_NUM_THREADS=$$(( $(CPUS) / $(JOBS) > 0 ? $(CPUS) / $(JOBS) : 1 )) MM_CMAKE_BUILD_DIR=$(CURDIR)/$(BUILD) \
 	  $(PYTHON) -m pytest -q -n $(JOBS) --dist loadgroup tests/python
 
+# scripts/gpu-check.sh's steps on the CPU build, so that the GPU check cannot rot before a GPU
+# is lent (about 30 s of CPU; one torch thread: its figures are a smoke test, not a benchmark);
+# `make gpu-check` (or the script alone) is the real one, on a machine with a GPU.
+gpu-check-cpu:
+	OMP_NUM_THREADS=1 BUILD=$(BUILD) scripts/gpu-check.sh --cpu
+
+gpu-check:
+	scripts/gpu-check.sh
+
 # Trains on scikit-learn's bundled digits under no mixup, fastai's MixUp and our callbacks.
 demo: build
 	$(PYTHON) demo/digits.py --out demo_out
 
 bench: build
-	$(PYTHON) bench/bench_mix.py && if [ -f bench/bench_step.py ]; then $(PYTHON) bench/bench_step.py; fi
+	$(PYTHON) bench/bench_mix.py && $(PYTHON) bench/bench_step.py && $(PYTHON) bench/bench_compile.py
 
 clean:
 	rm -rf $(BUILD) python/manifold_mixup/_C*.so python/manifold_mixup/_build_info.py \

@@ -130,6 +130,14 @@ void Mixer::draw_batch(int64_t batch_size, at::Device device) {
     }
   }
   chosen_ = *chosen;
+  // Streams: the copy is enqueued on the stream current here (begin_batch's), so lam, perm and
+  // the chosen point are ready in that stream's order, and only there. Every later use on that
+  // stream (the points' mix, the mixed loss, their backward) is ordered after it with no host
+  // sync. A forward on another stream must first wait for this one (other.wait_stream(this),
+  // as for any tensor torch makes on a stream), and if this batch may end while that stream
+  // still reads them, record_stream them for it, as torch asks of every tensor used across
+  // streams. The pinned buffer needs nothing: copy_ records an event for it on this stream, and
+  // the host allocator reuses it only once the copy is done.
   const auto on_device = device.is_cpu() ? host : host.to(device, /*non_blocking=*/true);
   perm_ = on_device.narrow(0, 0, perm_bytes).view(at::kLong);
   chosen_tensor_ = on_device.narrow(0, perm_bytes, chosen_bytes).view(at::kLong).squeeze(0);

@@ -5,21 +5,30 @@
 // for each module of its tree, the facts of ModuleFacts; the rules, the class names they look
 // for and the sentence saying which rule chose what are all here.
 //
-// First rule that yields a module wins (numbered as in the README; rule 1 is the user's own
-// list, which the front doors handle themselves):
+// First rule that yields a module wins (numbered as in the README and the reference; rule 1 is
+// the user's own list, which the front doors handle themselves):
 //   2. modules of class ManifoldMixupModule (the marker);
 //   3. the root is a fastai TabularModel: every Linear;
-//   4. every fastai UnetBlock (the decoder of a U-Net);
-//   5. modules whose own class name contains "block" or "bottleneck", any case (residual blocks);
+//   4. every fastai UnetBlock (the decoder of a U-Net), outermost only;
+//   5. blocks, outermost only: modules whose own class name contains "block" or "bottleneck",
+//      any case (residual blocks), and transformer layers: torch.nn's TransformerEncoderLayer
+//      and TransformerDecoderLayer, and a class named *Layer with modules of its own held in a
+//      list named layer or layers (Hugging Face: bert.encoder.layer.0, model.layers.0);
 //   6. every module that is not non-mixable (see ModuleFacts::non_mixable);
 //   7. none: the front door raises, telling the user to wrap modules or name them.
+// "Outermost only": a module inside another one the rule accepts is left out (a ConvBlock
+// inside a ResBlock, the attention inside a transformer layer); the model itself hides nothing.
+// Mixing inside a residual unit mixes its branch but not its skip connection.
 // Never chosen by any rule: containers (a class named Sequential, ModuleList, ModuleDict,
 // ParameterList or ParameterDict, or any class without a forward: they compute nothing of their
 // own). Never chosen by rules 3 to 6: fastai's AWD_LSTM and SentenceEncoder and everything
-// inside them (recurrent internals, tuple outputs, a module run once per bptt chunk), and
-// fastai's text heads LinearDecoder and PoolingLinearClassifier (tuple outputs). The root
-// is a candidate only where the front door can mix its output (Python's forward hooks can; a
-// TorchScript root has no call site to rewrite).
+// inside them (recurrent internals, tuple outputs, a module run once per bptt chunk), fastai's
+// text heads LinearDecoder and PoolingLinearClassifier (tuple outputs), the regularisers
+// DropBlock2d, DropBlock3d, DropPath and StochasticDepth (timm, torchvision: like dropout, their
+// output is their input masked), and modules seen to derive from only some of a multi-input
+// model's inputs (ModuleFacts::partial_inputs). The root is a candidate only where the front
+// door can mix its output (Python's forward hooks can; a TorchScript root has no call site to
+// rewrite).
 #pragma once
 
 #include <torch/csrc/jit/api/module.h>
@@ -40,6 +49,11 @@ struct ModuleFacts {
   bool has_forward = true;   // false for ModuleList, ModuleDict, ...: never called
   bool non_mixable = false;  // excluded by rule 6 only: Python decides it from the public,
                              // mutable non_mixable_module_types; TorchScript by is_non_mixable_class
+  // Excluded by rules 3 to 6: a forward showed its output derives from only some of the model's
+  // feature inputs (one branch of a multi-input model: mixing there mixes part of each sample
+  // while the loss is fully mixed). Python observes it (manifold_mixup.provenance); TorchScript
+  // hosts observe no forward before choosing, so it stays false there.
+  bool partial_inputs = false;
 };
 
 // The rule that chose, and what it chose.

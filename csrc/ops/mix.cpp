@@ -5,6 +5,7 @@
 
 #include <ATen/OpMathType.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include "errors.h"
@@ -47,10 +48,16 @@ void check_mix_args(const at::Tensor& x, const at::Tensor& perm, const at::Tenso
               x.device(), "), got ", lam.device());
 }
 
-Operands::Operands(const at::Tensor& x_in, const at::Tensor& perm_in, const at::Tensor& lam_in,
-                   const char* x_name) {
-  check_mix_args(x_in, perm_in, lam_in, x_name);
-  x = x_in.contiguous();
+at::MemoryFormat result_format(const at::Tensor& x) {
+  // suggest_memory_format is ChannelsLast or ChannelsLast3d only for 4-d and 5-d tensors laid
+  // out that way; dim 0 is then the outermost dimension, as in a contiguous tensor.
+  return x.suggest_memory_format();
+}
+
+at::Tensor empty_result(const at::Tensor& x) { return at::empty_like(x, result_format(x)); }
+
+Operands::Operands(const at::Tensor& x_in, const at::Tensor& perm_in, const at::Tensor& lam_in) {
+  x = x_in.contiguous(result_format(x_in));
   perm = perm_in.contiguous();
   lam = lam_in.to(at::toOpMathType(x.scalar_type())).contiguous();
   batch = x.size(0);

@@ -131,20 +131,20 @@ kept targets' class weights mixed like the targets). 'none' (the default) gives 
 // that compare them with the TorchScript front door.
 void bind_selection(py::module_& m) {
   namespace mm = manifold_mixup;
-  using Facts = std::tuple<std::string, std::vector<std::string>, bool, bool>;
+  using Facts = std::tuple<std::string, std::vector<std::string>, bool, bool, bool>;
   m.def("apply_selection_rules",
         [](const std::vector<Facts>& modules, bool root_is_candidate) {
           std::vector<mm::ModuleFacts> facts;
           facts.reserve(modules.size());
-          for (const auto& [path, class_names, has_forward, non_mixable] : modules)
-            facts.push_back({path, class_names, has_forward, non_mixable});
+          for (const auto& [path, class_names, has_forward, non_mixable, partial_inputs] : modules)
+            facts.push_back({path, class_names, has_forward, non_mixable, partial_inputs});
           mm::RuleChoice c = mm::apply_selection_rules(facts, root_is_candidate);
           return py::make_tuple(c.rule, c.chosen, c.description);
         },
         py::arg("modules"), py::arg("root_is_candidate"), R"doc(
 The selection rules 2 to 6 on one tree: modules is [(path, class_names, has_forward,
-non_mixable)], root first, parents before children; returns (rule, chosen indices, description),
-rule 7 and no index when nothing is chosen.)doc");
+non_mixable, partial_inputs)], root first, parents before children; returns (rule, chosen
+indices, description), rule 7 and no index when nothing is chosen.)doc");
   m.def("non_mixable_class_names", &mm::non_mixable_class_names,
         "Class names of the default non-mixable kinds (torch.nn classes).");
   m.def("select_points",

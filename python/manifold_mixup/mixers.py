@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from . import _C
 from .points import ForwardRecord, Points
+from .provenance import InputProvenance
 from .losses import is_classification, is_regression_loss, mixed_loss
 from .selection import ManifoldMixupModule, select_modules, unwrap_model
 
@@ -125,20 +126,28 @@ class ManifoldMixer:
         self.model, self._root = model, unwrap_model(model)
         if isinstance(modules, nn.Module):
             modules = [modules]
-        self._automatic = modules is None
         selected = select_modules(model, modules, log=self._say)
+        # Rules 3 to 6 chose without knowing which modules see only one input's branch of a
+        # multi-input model: the first training batch called with several inputs shows it.
+        self._observe = modules is None and not all(isinstance(m, ManifoldMixupModule) for m in selected)
+        self._probe = None
         self.mixer = _C.Mixer(alpha=alpha, input_mixup=input_mixup, seed=_check_seed(seed))
+        self._install(selected)
+        self._active = self._begun = self._removed = False
+        self._synced = None
+        self._input_checked = self._warned_repeat = False
+        self._training_batches = 0
+
+    def _install(self, selected):
+        "Makes `selected` the mixup points (the native Mixer's, and the modules' classes)."
         names = {id(m): n for n, m in self._root.named_modules()}
+        self.mixer.clear_points()
         for m in selected:
             self.mixer.add_point(names.get(id(m)) or type(m).__name__)
         fields = [m.field if isinstance(m, ManifoldMixupModule) else None for m in selected]
         self._points = Points(self._root, selected, fields)
         self._state = self._points.state
-        self._active = self._begun = self._removed = False
-        self._synced = None
-        self._input_checked = self._warned_repeat = False
         self._ran_ever = [False] * len(selected)
-        self._training_batches = 0
         self._warned_not_run = set()
 
     @property
@@ -181,12 +190,14 @@ class ManifoldMixer:
         self._end(completed=True)
 
     def loss(self, loss_fn, pred, *targets):
-        """The loss of the batch's latest forward: ``lam * loss_fn(pred, y) + (1 - lam) *
-        loss_fn(pred, y[perm])`` per sample, reduced as loss_fn reduces (classification:
-        integer targets, or a cross-entropy/BCE loss), or ``loss_fn(pred, mix_targets(y))``
-        (regression); the plain ``loss_fn(pred, *targets)`` when that forward did not mix (eval
-        mode, alpha 0, or the drawn module did not run). loss_fn must accept
-        ``reduction='none'`` (as torch's losses do) or have a `reduction` attribute."""
+        """The loss of the batch's latest forward: for classification (integer targets, a
+        loss with y_int, or a cross-entropy/BCE loss) ``lam * l(pred, y) + (1 - lam) *
+        l(pred, y[perm])`` per element, reduced as loss_fn reduces (class weights,
+        ignore_index and label smoothing counted as torch counts them; see
+        manifold_mixup.losses); for a regression loss ``loss_fn(pred, mix_targets(y))``; the
+        plain ``loss_fn(pred, *targets)`` when that forward did not mix (eval mode, alpha 0, or
+        the drawn module did not run). An unknown loss must accept ``reduction='none'`` or have
+        a `reduction` attribute, as torch's losses do."""
         if not self._in_batch("loss"):
             return loss_fn(pred, *targets)
         self._sync()
@@ -261,7 +272,17 @@ class ManifoldMixer:
         if not isinstance(ref, torch.Tensor) or ref.dim() == 0:
             raise TypeError("ManifoldMixer.batch: the first input must be a tensor whose dim 0 "
                             f"is the batch, got {type(ref).__name__}")
-        chosen = self.mixer.begin_batch(ref.shape[0], ref.device)
+        if self._observe:
+            self._begin_observing(inputs, ref.shape[0])
+        if self._probe is not None:  # this batch only shows which modules see which inputs
+            alpha, self.mixer.alpha = self.mixer.alpha, 0.0
+            try:
+                chosen = self.mixer.begin_batch(ref.shape[0], ref.device)
+            finally:
+                self.mixer.alpha = alpha
+            self._probe.__enter__()
+        else:
+            chosen = self.mixer.begin_batch(ref.shape[0], ref.device)
         self._arm(chosen)
         if chosen != _C.Mixer.INPUT_POINT:
             return inputs
@@ -276,6 +297,32 @@ class ManifoldMixer:
         state.forward = ForwardRecord(state.n_points)
         self._first_record, self._synced = state.forward, None
         state.armed = True
+
+    def _begin_observing(self, inputs, batch):
+        "Once: a model called with several batch tensors gets one batch observed, not mixed."
+        self._observe = False
+        tensors = [x for x in inputs if isinstance(x, torch.Tensor) and x.dim() >= 1 and x.shape[0] == batch]
+        if len(tensors) >= 2:
+            watched = [m for m in self._root.modules() if not isinstance(m, torch.jit.ScriptModule)]
+            self._probe = InputProvenance(tuple(tensors), modules=watched)
+
+    def _end_observing(self, completed):
+        "Chooses the points again without the modules that saw only some of the inputs."
+        probe, self._probe = self._probe, None
+        probe.__exit__(None, None, None)
+        if not completed:
+            return
+        partial = probe.partial_modules()
+        chosen = self.modules
+        if not any(m in chosen for m in partial):
+            return
+        names = {id(m): n for n, m in self._root.named_modules()}
+        left = [names.get(id(m), type(m).__name__) for m in chosen if any(m is p for p in partial)]
+        self._points.remove()
+        self._say(f"ManifoldMixup: {len(left)} of the chosen modules see only some of the model's "
+                  f"inputs ({', '.join(left)}): mixing there would mix part of each sample's "
+                  "features while the loss is fully mixed, so they are left out.")
+        self._install(select_modules(self.model, None, log=self._say, partial_inputs=partial))
 
     def _check_input(self, inputs):
         "Once: integer inputs (tabular categories) cannot be mixed; leave the input out."
@@ -304,6 +351,12 @@ class ManifoldMixer:
 
     def _end(self, completed):
         self._state.armed = False
+        if self._probe is not None:
+            if self.mixer.in_batch:
+                self.mixer.end_batch()
+            self._end_observing(completed)
+            self._active = self._begun = False
+            return
         if self.mixer.in_batch:
             self._sync()
             record, chosen = self._state.forward, self.mixer.chosen

@@ -18,10 +18,23 @@ def mix(x: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
             dimensions of x. float16 and bfloat16 are mixed with float32 arithmetic.
 
     Returns:
-        A new tensor with x's dtype, shape and device.
+        A new tensor with x's dtype, shape and device; channels_last (or channels_last_3d)
+        when x is, else contiguous.
 
-    Differentiable with respect to ``x`` and ``lam`` (the backward is native C++). Bad
-    arguments raise ``RuntimeError`` naming the argument. Same as
-    ``torch.ops.manifold_mixup.mix``.
+    A row whose ``lam[i]`` is exactly 1 (once converted to the arithmetic's dtype: float32, or
+    float64 for float64 x) is ``x[i]`` copied, bit for bit: ``x[perm[i]]`` is not read, so an
+    inf or NaN in another row cannot leak in through ``0 * inf``. Likewise in the backward a
+    row k with ``lam[k] == 1`` passes nothing to ``perm[k]``: with lam all ones the gradient
+    is copied through unchanged. (Under torch.compile every mixup point calls this op with lam
+    all ones but at the point that mixes.) The gradient with respect to lam stays
+    ``sum(grad[i] * (x[i] - x[perm[i]]))``, at ``lam[i] == 1`` too.
+
+    Differentiable with respect to ``x`` and ``lam`` (the backward is native C++,
+    deterministic, without atomic adds). Bad arguments raise ``RuntimeError`` naming the
+    argument. On the CPU an index of perm outside ``[0, B)`` is such an error; on CUDA the
+    values of perm are on the GPU, and the kernel that finds a bad one trips a device-side
+    assert instead: the next synchronising CUDA call raises "device-side assert triggered"
+    and the process's CUDA context is unusable from then on (as with torch's own indexing).
+    Same as ``torch.ops.manifold_mixup.mix``.
     """
     return torch.ops.manifold_mixup.mix(x, perm, lam)

@@ -72,18 +72,21 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
-def select_modules(model: nn.Module, module_list=None, log=None) -> list:
+def select_modules(model: nn.Module, module_list=None, log=None, partial_inputs=()) -> list:
     """The modules of `model` to instrument: `module_list` when given (rule 1), else those of the
     first selection rule that yields any (rules 2 to 6, described in csrc/selection.h and the
     README), on the model inside DDP, DataParallel and torch.compile wrappers.
 
     module_list: None, one nn.Module, or an iterable of distinct nn.Modules of the model, each
     with a forward of its own. log: called once with one sentence saying which rule chose how
-    many modules; None: silent. Never returns containers (Sequential, ModuleList, ModuleDict,
-    ParameterList, ParameterDict) unless module_list names them; the root model is a candidate
-    like any other module. Raises TypeError for a module_list entry that is not a module, and
-    ValueError for an empty module_list, a duplicate, a module that is not in the model or that
-    has no forward, and when no rule finds a module (rule 7)."""
+    many modules; None: silent. partial_inputs: modules a forward showed to derive from only
+    some of a multi-input model's feature inputs (InputProvenance.partial_modules); rules 3 to
+    6 leave them out, so a rule whose every module sees one branch yields to the next rule.
+    Never returns containers (Sequential, ModuleList, ModuleDict, ParameterList, ParameterDict)
+    unless module_list names them; the root model is a candidate like any other module. Raises
+    TypeError for a module_list entry that is not a module, and ValueError for an empty
+    module_list, a duplicate, a module that is not in the model or that has no forward, and when
+    no rule finds a module (rule 7)."""
     log = log or (lambda sentence: None)
     model = unwrap_model(model)
     if module_list is not None:
@@ -92,7 +95,9 @@ def select_modules(model: nn.Module, module_list=None, log=None) -> list:
         return modules
     named = list(model.named_modules())
     non_mixable = tuple(non_mixable_module_types)
-    facts = [(path, [c.__name__ for c in type(m).__mro__], _has_forward(m), isinstance(m, non_mixable))
+    partial = {id(m) for m in partial_inputs}
+    facts = [(path, [c.__name__ for c in type(m).__mro__], _has_forward(m), isinstance(m, non_mixable),
+              id(m) in partial)
              for path, m in named]
     rule, chosen, description = _C.apply_selection_rules(facts, root_is_candidate=True)
     if not chosen:

@@ -46,10 +46,12 @@ int main(int argc, char** argv) {
   // DLPack from the host's tensors into the C API, and back.
   mm_tensor *in = nullptr, *out = nullptr;
   EXPECT(mm_tensor_from_dlpack(at::toDLPack(x), &in) == MM_OK);
-  EXPECT(mm_forward(mixer, module, in, &out) == MM_OK);  // second call: not mixed again
+  // A second forward of the batch mixes as the first did, and the batch counts one mix.
+  EXPECT(mm_forward(mixer, module, in, &out) == MM_OK);
   DLManagedTensor* dl = nullptr;
   EXPECT(mm_tensor_to_dlpack(out, &dl) == MM_OK);
-  if (dl) EXPECT(torch::allclose(at::fromDLPack(dl), plain));
+  if (dl) EXPECT(torch::allclose(at::fromDLPack(dl), mixed));
+  EXPECT(mm_hook_mix_count(hook, 0, &mixes) == MM_OK && mixes == 1);
   EXPECT(mm_batch_end(mixer) == MM_OK);
 
   // The host may drop its object first; the handles keep the module alive.

@@ -80,6 +80,25 @@ TEST_F(Parallel, ForwardRunsOnTwoThreads) {
       << "caller " << s.caller / 1e6 << " ms, busiest other thread " << s.busiest_other / 1e6 << " ms";
 }
 
+TEST_F(Parallel, CopiesOfLamOneRunOnTwoThreads) {
+  // Under torch.compile every point calls the op, with lam all ones at all but one: then the
+  // forward and the backward are copies, which must split over the threads too.
+  const auto x = torch::randn({kBatch, kFeatures}).requires_grad_();
+  const auto perm = torch::randperm(kBatch);
+  const auto lam = torch::ones({kBatch});
+  const auto grad = torch::randn({kBatch, kFeatures});
+  const auto out = manifold_mixup::mix(x, perm, lam);
+  torch::autograd::grad({out}, {x}, {grad}, /*retain_graph=*/true);
+  const auto s = shares_while([&] {
+    for (int i = 0; i < 10; ++i) {
+      manifold_mixup::mix(x.detach(), perm, lam);
+      torch::autograd::grad({out}, {x}, {grad}, /*retain_graph=*/true);
+    }
+  });
+  EXPECT_GT(s.busiest_other, s.caller / 4)
+      << "caller " << s.caller / 1e6 << " ms, busiest other thread " << s.busiest_other / 1e6 << " ms";
+}
+
 TEST_F(Parallel, BackwardRunsOnTwoThreads) {
   const auto x = torch::randn({kBatch, kFeatures}).requires_grad_();
   const auto perm = torch::randperm(kBatch);

@@ -125,3 +125,94 @@ TEST(SelectionRules, NonMixableNamesAreExact) {
   EXPECT_EQ(none.rule, 7);
   EXPECT_TRUE(none.chosen.empty());
 }
+
+TEST(SelectionRules, TransformerLayersWholeAndNothingInside) {
+  // torch.nn's layers by class name (a subclass counts in Python, which passes the MRO).
+  std::vector<mm::ModuleFacts> enc = {
+      facts("", {"TransformerEncoder"}), facts("layers", {"ModuleList"}, false, false),
+      facts("layers.0", {"TransformerEncoderLayer"}), facts("layers.0.self_attn", {"MultiheadAttention"}),
+      facts("layers.0.self_attn.out_proj", {"NonDynamicallyQuantizableLinear", "Linear"}),
+      facts("layers.0.linear1", {"Linear"}), facts("layers.0.norm1", {"LayerNorm"}),
+      facts("layers.1", {"MyLayer", "TransformerEncoderLayer"}), facts("layers.1.linear1", {"Linear"}),
+      facts("norm", {"LayerNorm"})};
+  mm::RuleChoice c = mm::apply_selection_rules(enc, true);
+  EXPECT_EQ(c.rule, 5);
+  EXPECT_EQ(chosen_paths(enc, c), (std::vector<std::string>{"layers.0", "layers.1"}));
+  EXPECT_EQ(c.description, "2 transformer layers");
+  // Hugging Face: a *Layer made of modules, an item of a list named layer or layers.
+  std::vector<mm::ModuleFacts> bert = {
+      facts("", {"BertForSequenceClassification"}), facts("bert", {"BertModel"}),
+      facts("bert.embeddings", {"BertEmbeddings"}), facts("bert.embeddings.word_embeddings", {"Embedding"}),
+      facts("bert.encoder", {"BertEncoder"}), facts("bert.encoder.layer", {"ModuleList"}, false, false),
+      facts("bert.encoder.layer.0", {"BertLayer"}), facts("bert.encoder.layer.0.attention", {"BertAttention"}),
+      facts("bert.encoder.layer.0.attention.self.query", {"Linear"}),
+      facts("bert.encoder.layer.1", {"BertLayer"}), facts("bert.encoder.layer.1.output", {"BertOutput"}),
+      facts("bert.pooler", {"BertPooler"}), facts("classifier", {"Linear"})};
+  c = mm::apply_selection_rules(bert, true);
+  EXPECT_EQ(chosen_paths(bert, c), (std::vector<std::string>{"bert.encoder.layer.0", "bert.encoder.layer.1"}));
+  // Not transformer layers: a *Layer that is a leaf, one outside a layer(s) list, one that is the
+  // list's own attribute rather than an item, and a ConvLayer in a Sequential.
+  std::vector<mm::ModuleFacts> others = {
+      facts("", {"Net"}), facts("layers", {"Sequential"}), facts("layers.0", {"DenseLayer", "Linear"}),
+      facts("stem", {"Sequential"}), facts("stem.0", {"ConvLayer", "Sequential"}), facts("stem.0.0", {"Conv2d"}),
+      facts("blocks", {"ModuleList"}, false, false), facts("blocks.0", {"EncoderLayer"}),
+      facts("blocks.0.fc", {"Linear"}), facts("layer", {"MergeLayer"}), facts("layer.fc", {"Linear"})};
+  c = mm::apply_selection_rules(others, true);
+  EXPECT_EQ(c.rule, 6);
+}
+
+TEST(SelectionRules, BlocksOutermostOnlyBelowTheRoot) {
+  // A ConvBlock inside a ResBlock and a transformer layer inside a block are inside its residual
+  // branch; the root hides nothing (a TorchScript root is no candidate: both doors agree).
+  std::vector<mm::ModuleFacts> f = {
+      facts("", {"ResBlockNet"}), facts("0", {"ResBlock"}), facts("0.conv", {"ConvBlock"}),
+      facts("0.conv.0", {"Conv2d"}), facts("1", {"ResBlock"}), facts("1.layers", {"ModuleList"}, false, false),
+      facts("1.layers.0", {"TransformerEncoderLayer"}), facts("2", {"ConvBlock"}), facts("20", {"ConvBlock"})};
+  mm::RuleChoice c = mm::apply_selection_rules(f, true);
+  EXPECT_EQ(c.rule, 5);
+  EXPECT_EQ(chosen_paths(f, c), (std::vector<std::string>{"", "0", "1", "2", "20"}));
+  EXPECT_EQ(c.description, "5 modules whose class name contains block or bottleneck");
+  torch::jit::Module net = module("ResBlockNet", {{"a", module("ResBlock", {{"conv", module("ConvBlock")}})},
+                                                  {"b", module("TransformerEncoderLayer", {{"fc", module("Linear")}})}});
+  mm::PointSelection s = mm::select_points(net);
+  EXPECT_EQ(s.names, (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(s.rule, "1 module whose class name contains block or bottleneck and 1 transformer layer");
+  // UnetBlocks too, outermost only.
+  std::vector<mm::ModuleFacts> unet = {facts("", {"DynamicUnet"}), facts("4", {"UnetBlock"}),
+                                       facts("4.inner", {"UnetBlock"})};
+  EXPECT_EQ(chosen_paths(unet, mm::apply_selection_rules(unet, true)), std::vector<std::string>{"4"});
+}
+
+TEST(SelectionRules, RegularisersAreNeverPoints) {
+  // timm's DropBlock2d has "block" in its name; it and DropPath return their input masked.
+  std::vector<mm::ModuleFacts> f = {facts("", {"Sequential"}), facts("0", {"Conv2d"}), facts("1", {"DropBlock2d"}),
+                                    facts("2", {"DropPath"}), facts("3", {"StochasticDepth"}),
+                                    facts("4", {"DropBlock3d"}), facts("5", {"ReLU"})};
+  mm::RuleChoice c = mm::apply_selection_rules(f, true);
+  EXPECT_EQ(c.rule, 6);
+  EXPECT_EQ(chosen_paths(f, c), (std::vector<std::string>{"0", "5"}));
+}
+
+TEST(SelectionRules, ModulesSeenOnOneInputBranchYieldToTheNextRule) {
+  // A two-tower model: the image tower's blocks see one input, so rule 5 finds nothing and rule
+  // 6 chooses the modules after the join. A marker is the user's choice and stays.
+  auto two_tower = [](bool marker) {
+    std::vector<mm::ModuleFacts> f = {facts("", {"TwoTower"}), facts("image", {"Sequential"}),
+                                      facts("image.0", {"ResBlock"}), facts("image.1", {"ResBlock"}),
+                                      facts("meta", {"Linear"}), facts("head", {"Linear"})};
+    for (size_t i = 1; i <= 4; ++i) f[i].partial_inputs = true;
+    if (marker) f[2].class_names = {"ManifoldMixupModule"};
+    return f;
+  };
+  std::vector<mm::ModuleFacts> f = two_tower(false);
+  mm::RuleChoice c = mm::apply_selection_rules(f, true);
+  EXPECT_EQ(c.rule, 6);
+  EXPECT_EQ(chosen_paths(f, c), (std::vector<std::string>{"", "head"}));
+  f = two_tower(true);
+  EXPECT_EQ(chosen_paths(f, mm::apply_selection_rules(f, true)), std::vector<std::string>{"image.0"});
+  // TabularModel: its embeddings see the categories only; every Linear sees both.
+  std::vector<mm::ModuleFacts> tab = {facts("", {"TabularModel"}), facts("embeds.0", {"Embedding"}),
+                                      facts("lin", {"Linear"}), facts("cont", {"Linear"})};
+  tab[1].partial_inputs = tab[3].partial_inputs = true;
+  EXPECT_EQ(chosen_paths(tab, mm::apply_selection_rules(tab, true)), std::vector<std::string>{"lin"});
+}

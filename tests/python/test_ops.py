@@ -34,11 +34,38 @@ def samples(device):
         for view in (base.transpose(0, 1), base[:, :, ::2], base.permute(2, 0, 1)):
             b = view.shape[0]
             yield view, torch.randperm(b, generator=g).to(device), torch.rand(b, generator=g).to(device)
+        # channels_last (kept by the result), with lam exactly 1 for some rows (copied rows)
+        for shape, fmt in (((5, 3, 4, 2), torch.channels_last), ((5, 3, 2, 4, 2), torch.channels_last_3d)):
+            x = torch.randn(shape, generator=g).to(device, dtype).contiguous(memory_format=fmt)
+            lam = torch.rand(5, generator=g)
+            lam[::2] = 1.0
+            yield x, torch.randperm(5, generator=g).to(device), lam.to(device)
 
 
 def sample_id(s):
     x = s[0]
-    return f"{str(x.dtype)[6:]}-{tuple(x.shape)}-{'c' if x.is_contiguous() else 'nc'}"
+    kind = "c" if x.is_contiguous() else "cl" if layout(x) != torch.contiguous_format else "nc"
+    return f"{str(x.dtype)[6:]}-{tuple(x.shape)}-{kind}"
+
+
+def layout(x):
+    "The memory format the op's result has: x's when x is channels_last, else contiguous."
+    for dim, fmt in ((4, torch.channels_last), (5, torch.channels_last_3d)):
+        if x.dim() == dim and x.is_contiguous(memory_format=fmt) and not x.is_contiguous():
+            return fmt
+    return torch.contiguous_format
+
+
+def bits(t):
+    "The bits of t, so that NaN compares equal to itself."
+    return t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+
+
+def poisoned(shape, dtype, device):
+    "Random rows, but row 1 is inf and row 3 NaN."
+    x = torch.randn(shape, dtype=torch.float64).to(device, dtype)
+    x[1], x[3] = float("inf"), float("nan")
+    return x
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -51,6 +78,7 @@ def test_matches_expression_and_leaves_x_alone(device):
         torch.testing.assert_close(out.double(), reference(x, perm, lam), rtol=tol, atol=tol,
                                    msg=lambda m: f"{sample_id((x,))}: {m}")
         assert torch.equal(x, before)
+        assert out.is_contiguous(memory_format=layout(x))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -78,12 +106,76 @@ def test_backward_op_is_private():
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("perm", [[3, 0, 4, 1, 2], [0, 0, 0, 0, 0], [1, 1, 4, 2, 2]],
                          ids=["permutation", "constant", "repeats"])
-def test_gradcheck_float64(device, perm):
+@pytest.mark.parametrize("ones", [False, True], ids=["lam", "lam-with-ones"])
+def test_gradcheck_float64(device, perm, ones):
     x = torch.randn(5, 3, 2, dtype=torch.float64, device=device, requires_grad=True)
-    lam = torch.rand(5, dtype=torch.float64, device=device, requires_grad=True)
+    lam = torch.rand(5, dtype=torch.float64, device=device)
+    if ones:  # lam exactly 1 at some rows: copied rows, skipped sources
+        lam[[0, 2, 3]] = 1.0
+    lam.requires_grad_()
     p = torch.tensor(perm, device=device)
     assert torch.autograd.gradcheck(mix, (x, p, lam))
     assert torch.autograd.gradgradcheck(mix, (x, p, lam))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
+def test_lam_all_ones_is_x_exactly_forward_and_backward(device, dtype):
+    """Under torch.compile every point calls the op, with lam all ones except at the point that
+    mixes: there the op must be x itself, bit for bit, even when other rows hold inf or NaN
+    (which 0 * inf would spread); and its backward the gradient itself."""
+    x = poisoned((4, 3, 5), dtype, device).requires_grad_()
+    perm = torch.tensor([3, 0, 1, 2], device=device)  # every row's partner is poisoned or reads one
+    lam = torch.ones(4, device=device)
+    out = mix(x, perm, lam)
+    assert torch.equal(bits(out), bits(x.detach()))
+    g = poisoned((4, 3, 5), dtype, device)
+    out.backward(g)
+    assert torch.equal(bits(x.grad), bits(g))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
+def test_rows_with_lam_one_are_copies_others_mix(device, dtype):
+    x = poisoned((4, 6), dtype, device)
+    perm = torch.tensor([1, 0, 3, 2], device=device)  # rows 0 and 2 partner the poisoned rows
+    lam = torch.tensor([1.0, 0.7, 1.0, 0.6], device=device)
+    out = mix(x, perm, lam)
+    assert torch.equal(bits(out[[0, 2]]), bits(x[[0, 2]]))
+    assert out[1].isinf().all() and out[3].isnan().all()  # as the expression gives
+    # Finite data: the plain expression, values and gradients (x and lam), lam ones or not.
+    xf = torch.randn(4, 6, dtype=torch.float64).to(device, dtype).requires_grad_()
+    lf = lam.clone().requires_grad_()
+    g = torch.randn(4, 6, dtype=torch.float64).to(device, dtype)
+    out = mix(xf, perm, lf)
+    tol = TOL[dtype]
+    torch.testing.assert_close(out.double(), reference(xf.detach(), perm, lam), rtol=tol, atol=tol)
+    out.backward(g)
+    xr = xf.detach().double().requires_grad_()
+    lr = lam.double().requires_grad_()
+    l = lr.view(-1, 1)
+    ((l * xr + (1 - l) * xr[perm]) * g.double()).sum().backward()
+    torch.testing.assert_close(xf.grad.double(), xr.grad, rtol=tol * 10, atol=tol * 10)
+    ltol = max(tol, TOL[lam.dtype]) * 50  # lam's gradient has lam's dtype (float32 here)
+    torch.testing.assert_close(lf.grad.double(), lr.grad, rtol=ltol, atol=ltol)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_channels_last_is_kept_forward_and_backward(device):
+    """A channels_last activation (a CNN's, under channels_last training) comes back
+    channels_last, and so does its gradient: no layout copy at every mix."""
+    for shape, fmt in (((6, 4, 5, 3), torch.channels_last), ((6, 4, 2, 5, 3), torch.channels_last_3d)):
+        x = torch.randn(shape, device=device).contiguous(memory_format=fmt).requires_grad_()
+        perm, lam = torch.randperm(6, device=device), torch.rand(6, device=device)
+        out = mix(x, perm, lam)
+        assert out.is_contiguous(memory_format=fmt)
+        torch.testing.assert_close(out.double(), reference(x.detach(), perm, lam))
+        g = torch.randn_like(out)  # channels_last too, as a conv's gradient is
+        out.backward(g)
+        assert x.grad.is_contiguous(memory_format=fmt)
+        xr = x.detach().double().requires_grad_()
+        (reference(xr, perm, lam) * g.double()).sum().backward()
+        torch.testing.assert_close(x.grad.double(), xr.grad)
 
 
 def test_half_and_bfloat16_gradients_keep_dtype():
@@ -125,6 +217,13 @@ def test_cuda_devices_must_agree():
         mix(x, torch.randperm(4), torch.rand(4, device="cuda"))
     with pytest.raises(RuntimeError, match="lam must be on x's device"):
         mix(x, torch.randperm(4, device="cuda"), torch.rand(4))
+    # A CPU x with CUDA perm and lam runs the CUDA kernel: its checks come before its device
+    # guard, so the refusal names perm (once a CUDAGuardImpl error, and MM_ERR_TORCH in C).
+    with pytest.raises(RuntimeError, match="perm must be on x's device"):
+        mix(x.cpu(), torch.randperm(4, device="cuda"), torch.rand(4, device="cuda"))
+    with pytest.raises(RuntimeError, match="perm must be on grad's device"):
+        torch.ops.manifold_mixup._mix_backward(x.cpu(), torch.randperm(4, device="cuda"),
+                                               torch.rand(4, device="cuda"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")

@@ -360,12 +360,14 @@ def test_a_model_compiled_after_another_of_its_class_trained_still_mixes():
     import torch._dynamo as dynamo
     dynamo.reset()
     torch.manual_seed(0)
-    first = ResNet(n=4)
-    train_steps(torch.compile(first, backend="aot_eager"), first, _NoMixer(), 3)  # a baseline run
-    second = ResNet(n=4)
-    compiled = torch.compile(second, backend="aot_eager")
-    mm = ManifoldMixer(compiled, alpha=1.0, seed=1, verbose=False)
-    train_steps(compiled, second, mm, 12)
+    # torch's own default, whatever an earlier test or library set: hooks are not guarded.
+    with dynamo.config.patch(skip_nnmodule_hook_guards=True):
+        first = ResNet(n=12)
+        train_steps(torch.compile(first, backend="aot_eager"), first, _NoMixer(), 3)  # a baseline run
+        second = ResNet(n=12)
+        compiled = torch.compile(second, backend="aot_eager")
+        mm = ManifoldMixer(compiled, alpha=1.0, seed=1, verbose=False)
+        train_steps(compiled, second, mm, 12)
     assert mm.mixer.unmixed_batches == 0
     assert sum(mm.mixer.point_mixes) + mm.mixer.input_mixes == 12 and sum(mm.mixer.point_mixes) > 0
 
@@ -430,3 +432,39 @@ def test_mix_mask_is_the_union_of_both_samples_valid_positions():
     model.eval()
     with mm.batch(x):
         assert mm.mix_mask(valid) is valid  # nothing mixes in eval mode
+
+
+def test_a_multi_input_model_observes_its_first_batch_and_leaves_out_one_towers_modules():
+    from small_models import ResBlock
+
+    class TwoTower(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.img = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), ResBlock(8), ResBlock(8),
+                                     nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.meta = nn.Sequential(nn.Linear(5, 8), nn.ReLU())
+            self.head = nn.Linear(16, 3)
+
+        def forward(self, img, meta):
+            return self.head(torch.cat([self.img(img), self.meta(meta)], 1))
+
+    torch.manual_seed(0)
+    net = TwoTower()
+    lines = []
+    mm = ManifoldMixer(net, alpha=1.0, seed=0, verbose=lines.append)
+    assert mm.modules == [net.img[1], net.img[2]]  # rule 5: the image tower's blocks
+    img, meta, y = torch.randn(8, 1, 6, 6), torch.randn(8, 5), torch.randint(0, 3, (8,))
+    for step in range(8):
+        with mm.batch(img, meta) as (a, b):
+            out = net(a, b)
+            loss = mm.loss(F.cross_entropy, out, y)
+            if step == 0:  # observed, not mixed: the plain loss
+                assert not mm.mixed and torch.equal(loss, F.cross_entropy(out, y))
+    assert "see only some of the model's inputs (img.1, img.2)" in lines[1]
+    assert mm.modules == [net, net.head] and mixup_traces(net.img) == 0
+    assert mm.mixer.unmixed_batches == 0 and sum(mm.mixer.point_mixes) + mm.mixer.input_mixes == 7
+    # The user's own choice is kept whatever it sees.
+    mine = ManifoldMixer(net, modules=[net.img[1]], alpha=1.0, verbose=False)
+    with mine.batch(img, meta) as (a, b):
+        mine.loss(F.cross_entropy, net(a, b), y)
+    assert mine.modules == [net.img[1]]

@@ -14,6 +14,7 @@ from fastai.basics import CrossEntropyLossFlat, DataLoaders, Learner, set_seed
 
 from manifold_mixup import ManifoldMixup, ManifoldMixupModule, _C, non_mixable_module_types
 from manifold_mixup.selection import select_modules, unwrap_model
+import third_party
 from small_models import ResBlock, cnn
 
 PACKAGE_DIR = Path(__file__).resolve().parents[2] / "python"
@@ -43,9 +44,11 @@ def fit(model, cb, dls, extra_cbs=(), epochs=1):
     return learn
 
 
-def every_batch_mixed(mixer):
-    "Every training batch mixed at its chosen point or the input: no chosen point failed to run."
-    return sum(mixer.point_mixes) + mixer.input_mixes == mixer.batches
+def every_batch_mixed(mixer, observed=0):
+    """Every training batch mixed at its chosen point or the input: no chosen point failed to run
+    (but the `observed` first batches of a model called with several inputs, which only show
+    which modules see which inputs)."""
+    return sum(mixer.point_mixes) + mixer.input_mixes == mixer.batches - observed
 
 
 def images(n=96, seed=0):
@@ -116,11 +119,13 @@ def test_selection_tabular_model_linear_layers_and_integer_input():
         learn.fit(1, 1e-2)
     assert sum("input is left out" in str(w.message) for w in record) == 1
     assert all(isinstance(m, nn.Linear) for m in cb.module_list) and len(cb.module_list) == 3
-    assert cb.mixer.input_mixes == 0 and sum(cb.mixer.point_mixes) == len(dls.train)
+    # The first batch, (x_cat, x_cont), is observed: the Linears see both inputs, so they stay.
+    assert cb.mixer.input_mixes == 0 and sum(cb.mixer.point_mixes) == len(dls.train) - 1
+    assert cb.mixer.unmixed_batches == 0
 
 
 def test_selection_dynamic_unet_blocks_also_inside_a_wrapper():
-    pytest.importorskip("torchvision", reason="fastai.vision's U-Net needs torchvision")
+    third_party.fastai_vision()  # fastai.vision's U-Net needs torchvision
     from fastai.vision.models.unet import DynamicUnet, UnetBlock
     encoder = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
                             nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU())
@@ -296,7 +301,7 @@ def test_dataparallel_tabular_model_in_a_fit_selects_the_inner_linears():
         learn = fit(nn.DataParallel(model), cb, tabular_data())
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     assert cb.module_list == linears and learn.model not in cb.module_list
-    assert every_batch_mixed(cb.mixer)
+    assert every_batch_mixed(cb.mixer, observed=1)
 
 
 def free_port():
@@ -335,7 +340,7 @@ def awd_lstm_classifier():
 
 
 def test_awd_lstm_classifier_selection_leaves_the_encoder_out_and_fits():
-    loaded = set(sys.modules)  # other tests in this worker may have imported torchvision (timm's)
+    loaded_before = {m for m in ("spacy", "torchvision") if m in sys.modules}  # by other tests
     model = awd_lstm_classifier()
     chosen = paths(model, select_modules(model, log=quiet))
     assert chosen == ["1.layers.0.2", "1.layers.0.3", "1.layers.1.2"]  # the head's Linear, ReLU, Linear
@@ -347,7 +352,7 @@ def test_awd_lstm_classifier_selection_leaves_the_encoder_out_and_fits():
     with pytest.warns(UserWarning, match="input is left out"):
         fit(model, cb, item_dls(tokens, labels, bs=32), extra_cbs=[ModelResetter(), RNNCallback()])
     assert every_batch_mixed(cb.mixer) and cb.mixer.batches == 3
-    assert not [m for m in ("spacy", "torchvision") if m in sys.modules and m not in loaded]
+    assert {m for m in ("spacy", "torchvision") if m in sys.modules} == loaded_before
 
 
 def test_awd_lstm_language_model_selection():
@@ -467,7 +472,7 @@ def test_torchscript_keeps_no_base_classes_so_a_dropout_subclass_is_mixable_ther
 
 def test_rules_reject_facts_without_the_root_first():
     with pytest.raises(ValueError, match="first module must be the root"):
-        _C.apply_selection_rules([("a", ["Linear"], True, False)], True)
+        _C.apply_selection_rules([("a", ["Linear"], True, False, False)], True)
     assert _C.apply_selection_rules([], True) == (7, [], "no module")
 
 

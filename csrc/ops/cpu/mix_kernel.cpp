@@ -1,7 +1,6 @@
 // CPU kernels of manifold_mixup::mix and _mix_backward: checks, then one fused pass over the
 // batch (the loops in mix_loops_impl.h, compiled per CPU capability, picked at run time).
 #include <ATen/Version.h>
-#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include <string>
@@ -43,17 +42,19 @@ bool use_avx2() {
 }
 #endif
 
-// The operands plus the CPU's own index check (a CUDA kernel checks as it reads).
+// The operands after every check, the CPU's own index check included (a CUDA kernel checks
+// as it reads).
 detail::Operands operands(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& lam,
                           const char* x_name) {
-  detail::Operands a(x, perm, lam, x_name);
+  detail::check_mix_args(x, perm, lam, x_name);
+  detail::Operands a(x, perm, lam);
   check_indices(a.perm.const_data_ptr<int64_t>(), a.batch);
   return a;
 }
 
 at::Tensor mix_cpu(const at::Tensor& x_in, const at::Tensor& perm_in, const at::Tensor& lam_in) {
   const auto a = operands(x_in, perm_in, lam_in, "x");
-  auto out = at::empty_like(a.x, at::MemoryFormat::Contiguous);
+  auto out = detail::empty_result(a.x);
 #ifdef MM_HAVE_AVX2_LOOPS
   if (use_avx2()) {
     cpu::AVX2::mix_rows(a.x, a.perm, a.lam, out);
@@ -68,7 +69,7 @@ at::Tensor mix_backward_cpu(const at::Tensor& grad_in, const at::Tensor& perm_in
                             const at::Tensor& lam_in) {
   const auto a = operands(grad_in, perm_in, lam_in, "grad");
   const Preimages pre = preimages(a.perm.const_data_ptr<int64_t>(), a.batch);
-  auto out = at::empty_like(a.x, at::MemoryFormat::Contiguous);
+  auto out = detail::empty_result(a.x);
 #ifdef MM_HAVE_AVX2_LOOPS
   if (use_avx2()) {
     cpu::AVX2::mix_backward_rows(a.x, pre, a.lam, out);

@@ -51,8 +51,12 @@ void mix_rows(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& lam
     const opmath_t* lp = lam.const_data_ptr<opmath_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     parallel_rows(b, features, [&](int64_t i, int64_t f, int64_t n) {
-      lerp_pair(op + i * features + f, xp + i * features + f, xp + pp[i] * features + f, lp[i],
-                opmath_t(1) - lp[i], n);
+      const scalar_t* own = xp + i * features + f;
+      if (lp[i] == opmath_t(1)) {  // a copy: x[perm[i]] is not read (0 * inf would be NaN)
+        std::copy_n(own, n, op + i * features + f);
+        return;
+      }
+      lerp_pair(op + i * features + f, own, xp + pp[i] * features + f, lp[i], opmath_t(1) - lp[i], n);
     });
   });
 }
@@ -70,9 +74,23 @@ void mix_backward_rows(const at::Tensor& g, const Preimages& pre, const at::Tens
       const int64_t first = pre.start[j], last = pre.start[j + 1];
       const scalar_t* own = gp + j * features + f;
       scalar_t* dst = op + j * features + f;
-      if (last - first == 1) {  // a permutation: one source, one fused pass
+      // A source k with 1 - lam[k] == 0 (lam[k] == 1) contributes nothing: g[k] is not read.
+      const bool one_source = last - first == 1 && lp[pre.member[first]] != opmath_t(1);
+      if (one_source) {  // a permutation: one source, one fused pass
         const int64_t k = pre.member[first];
         lerp_pair(dst, own, gp + k * features + f, lp[j], opmath_t(1) - lp[k], n);
+        return;
+      }
+      bool no_source = true;
+      for (int64_t s = first; s < last && no_source; ++s) no_source = lp[pre.member[s]] == opmath_t(1);
+      if (no_source) {  // lam[j] * g[j] alone: a copy when lam[j] is 1 too
+        if (lp[j] == opmath_t(1)) {
+          std::copy_n(own, n, dst);
+        } else {
+          using Vec = at::vec::Vectorized<opmath_t>;
+          const opmath_t l = lp[j];
+          at::vec::map([l](Vec v) { return v * Vec(l); }, dst, own, n);
+        }
         return;
       }
       // Any other index vector: accumulate in opmath, then store once.
@@ -81,6 +99,7 @@ void mix_backward_rows(const at::Tensor& g, const Preimages& pre, const at::Tens
       for (int64_t s = first; s < last; ++s) {
         const int64_t k = pre.member[s];
         const opmath_t m = opmath_t(1) - lp[k];
+        if (m == opmath_t(0)) continue;
         const scalar_t* src = gp + k * features + f;
         for (int64_t e = 0; e < n; ++e) acc[e] += m * opmath_t(src[e]);
       }

@@ -1,6 +1,6 @@
 // Shape-only kernels: what fake tensors and torch.compile see. They run the same argument
-// checks as the real kernels (symbolic sizes allowed) and allocate nothing real.
-#include <ATen/ops/empty_like.h>
+// checks as the real kernels (symbolic sizes allowed) and give the same memory format
+// (detail::result_format), and allocate nothing real.
 #include <torch/library.h>
 
 #include "ops/mix.h"
@@ -10,12 +10,12 @@ namespace {
 
 at::Tensor mix_meta(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& lam) {
   detail::check_mix_args(x, perm, lam);
-  return at::empty_like(x, at::MemoryFormat::Contiguous);
+  return detail::empty_result(x);
 }
 
 at::Tensor mix_backward_meta(const at::Tensor& grad, const at::Tensor& perm, const at::Tensor& lam) {
   detail::check_mix_args(grad, perm, lam, "grad");
-  return at::empty_like(grad, at::MemoryFormat::Contiguous);
+  return detail::empty_result(grad);
 }
 
 }  // namespace
