@@ -50,8 +50,8 @@ def train(model, steps=150, batch_size=32, alpha=0.4, seed=0, log_every=50):
     with ManifoldMixer(model, alpha=alpha, input_mixup=False) as mm:
         for step in range(1, steps + 1):
             ids, mask, y = batch(batch_size, g)
-            with mm.batch(ids) as xb:  # the attention mask is left as it is
-                logits = model(xb, attention_mask=mask).logits
+            with mm.batch(ids) as xb:  # a mixed position is valid where either sample's is
+                logits = model(xb, attention_mask=mm.mix_mask(mask)).logits
                 loss = mm.loss(F.cross_entropy, logits, y)
             opt.zero_grad()
             loss.backward()  # under checkpointing: recomputes the layers, the mixed one mixed again
