@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing need, only what is missing, so a second run is quick.
 # Debian: a C/C++ toolchain, CMake, Ninja, GoogleTest, valgrind, pkg-config. Python: torch (CPU
-# wheel unless a torch is already there), fastai and the test packages, all pinned.
+# wheel unless a torch is already there), fastai, the test packages and the real models the tests
+# train (transformers, lightning, timm, torchvision), all pinned.
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
 cd "$(dirname "$0")/.."
@@ -32,4 +33,14 @@ if ! "$PYTHON" -c "import fastai.basics, sklearn, matplotlib, pandas, pytest, xd
   echo "install-deps: pip install -r requirements/test.txt, fastai --no-deps"
   pip_install -r requirements/test.txt
   pip_install --no-deps -r requirements/fastai.txt
+fi
+# The installed torch is kept: transformers and lightning under a constraint naming it, timm and
+# torchvision without their dependencies (requirements/models-nodeps.txt says why).
+if ! "$PYTHON" -c "import importlib.util as u, sys; sys.exit(not all(u.find_spec(m) for m in ('transformers', 'lightning', 'timm', 'torchvision')))"; then
+  echo "install-deps: pip install -r requirements/models.txt (torch kept), models-nodeps.txt --no-deps"
+  keep_torch=$(mktemp)
+  trap 'rm -f "$keep_torch"' EXIT
+  "$PYTHON" -c "import torch; print('torch==' + torch.__version__)" > "$keep_torch"
+  pip_install -c "$keep_torch" -r requirements/models.txt
+  pip_install --no-deps -r requirements/models-nodeps.txt
 fi
