@@ -17,6 +17,7 @@ rather than forward hooks added for each batch:
 The state a batch sets (`BatchState`) and what a forward saw (`ForwardRecord`) are plain Python
 objects: torch.compile traces the reads and replays the writes.
 """
+import bisect
 import copyreg
 import dataclasses
 import warnings
@@ -29,6 +30,10 @@ __all__ = ["NO_POINT", "INPUT_POINT", "BatchState", "ForwardRecord", "MixupPoint
            "batch_first_hint"]
 
 NO_POINT, INPUT_POINT = -2, -1  # _C.Mixer.NO_POINT and INPUT_POINT, without the extension here
+# How many of the latest forwards that built a graph keep their draw for a recomputation in the
+# backward: gradient accumulation summing more micro-batches than this before one backward
+# recomputes the oldest unmixed (and says so).
+MAX_REPLAYED_FORWARDS = 256
 
 
 class ForwardRecord:
@@ -57,17 +62,48 @@ class BatchState:
         self.chosen = NO_POINT  # read by eager forwards
         self.chosen_t = None    # the same as a 0-d tensor on the batch's device: compiled graphs
         self.lam = self.perm = self.key = self.noise = None
+        self.warned_old_graph = False
         self.forward = ForwardRecord(n_points)
-        # (chosen, lam, perm, key, noise) of the latest forward that ran armed: a checkpointed layer
-        # recomputed in the backward mixes as it did in that forward, even after the batch ended.
-        self.replay = None
+        # What a checkpointed layer recomputed in the backward replays: the draw of the forward it
+        # belongs to, which other forwards may have followed (micro-batches summed before one
+        # backward, a clean forward for a log). Forwards that build a graph, in order:
+        # (first autograd sequence number, (chosen, lam, perm, key, noise) or None for a forward
+        # that did not mix). Every node a forward creates numbers from its first on, on its
+        # thread, so the node being run when a recomputation starts (the checkpoint's own, or
+        # the one whose saved tensor is unpacked) says which forward it belongs to.
+        self.graphs = []
 
     def begin_forward(self, module):
-        "A forward of the model starts: a fresh record, and what a recomputation replays."
+        "A forward of the model starts: a fresh record, and the draw a recomputation replays."
         self.forward = ForwardRecord(self.n_points)
-        if not torch.compiler.is_compiling():  # compiled graphs recompute without Python
-            armed = self.armed and module.training
-            self.replay = (self.chosen, self.lam, self.perm, self.key, self.noise) if armed else None
+        if (torch.compiler.is_compiling()  # compiled graphs recompute without Python
+                or not (module.training and torch.is_grad_enabled())  # no graph, no recomputation
+                or torch._C._current_graph_task_id() != -1):  # a recomputation itself
+            return
+        draw = (self.chosen, self.lam, self.perm, self.key, self.noise) if self.armed else None
+        if draw is None and (not self.graphs or self.graphs[-1][1] is None):
+            return  # the forward before did not mix either: its range covers this one
+        self.graphs.append((torch._C._autograd._get_sequence_nr(), draw))
+        if len(self.graphs) > MAX_REPLAYED_FORWARDS:
+            del self.graphs[0]
+
+    def replayed_draw(self):
+        """The draw of the forward whose graph the backward is running: None when it did not
+        mix, or when it is older than the MAX_REPLAYED_FORWARDS forwards kept (said once)."""
+        node = torch._C._current_autograd_node()
+        if not self.graphs or node is None:
+            return None
+        seq = node._sequence_nr()
+        starts = [first for first, _ in self.graphs]
+        k = bisect.bisect_right(starts, seq) - 1
+        if k < 0:
+            if not self.warned_old_graph:
+                self.warned_old_graph = True
+                warnings.warn(f"ManifoldMixup: a checkpointed layer is recomputed for a forward older "
+                              f"than the last {MAX_REPLAYED_FORWARDS} forwards that built a graph; its "
+                              "mix is not replayed, so its gradients are those of an unmixed layer.")
+            return None
+        return self.graphs[k][1]
 
 
 def batch_first_hint(module):
@@ -146,7 +182,7 @@ class MixupPoint:
         return rebuild(mixed)
 
     def _replay(self, out):
-        replay = self.state.replay
+        replay = self.state.replayed_draw()
         if replay is None or replay[0] != self.index:
             return out
         _, lam, perm, key, noise = replay
@@ -346,5 +382,6 @@ class Points:
     def remove(self):
         "Puts every original class back; the points never mix again."
         self.state.armed = False
+        self.state.graphs = []
         self.removed = True
         self._swap_out([*self.modules, self.root])
