@@ -306,6 +306,13 @@ class ManifoldMixer:
     def __exit__(self, *exc):
         self.remove()
 
+    def __reduce_ex__(self, protocol):
+        # It holds the native Mixer and the model's swapped classes: a copy could not own them.
+        raise TypeError("a ManifoldMixer cannot be pickled or copied (it owns the model's mixup "
+                        "points and the native Mixer): save the model's state_dict, or set the "
+                        "attribute that holds the mixer to None (after remove()) before pickling "
+                        "the module that holds it")
+
     def __repr__(self):
         return (f"ManifoldMixer(alpha={self.alpha}, points={self.point_names}, "
                 f"input_mixup={self.mixer.input_mixup})")

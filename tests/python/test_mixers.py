@@ -1,5 +1,6 @@
 """The plain-PyTorch API (ManifoldMixer, OutputMixer) in ordinary training loops, on CPU."""
 import copy
+import io
 import os
 import subprocess
 import sys
@@ -418,6 +419,26 @@ def test_remove_and_the_context_manager():
         out = model(xb)
         with pytest.raises(TypeError, match="no `reduction` attribute or keyword"):
             mm.loss(no_reduction, out, y)
+
+
+class MixerHolder(nn.Module):  # a LightningModule keeps its mixer this way
+    def __init__(self):
+        super().__init__()
+        self.net = mlp()
+        self.mm = ManifoldMixer(self.net, alpha=1.0, verbose=False)
+
+
+def test_a_module_holding_a_mixer_refuses_pickling_with_what_to_do_and_pickles_once_it_is_dropped():
+    import pickle
+    holder = MixerHolder()
+    for copier in (pickle.dumps, copy.deepcopy, lambda m: torch.save(m, io.BytesIO())):
+        with pytest.raises(TypeError, match="ManifoldMixer cannot be pickled.*set the attribute"):
+            copier(holder)
+    holder.mm.remove()
+    holder.mm = None
+    back = pickle.loads(pickle.dumps(holder))
+    assert type(back.net[1]) is type(mlp()[1])  # the original classes
+    torch.testing.assert_close(back.net(data()[0]), holder.net(data()[0]))
 
 
 def test_output_mixer_mixes_the_logits_in_the_loss():
