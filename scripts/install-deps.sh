@@ -40,7 +40,9 @@ if ! "$PYTHON" -c "import importlib.util as u, sys; sys.exit(not all(u.find_spec
   echo "install-deps: pip install -r requirements/models.txt (torch kept), models-nodeps.txt --no-deps"
   keep_torch=$(mktemp)
   trap 'rm -f "$keep_torch"' EXIT
-  "$PYTHON" -c "import torch; print('torch==' + torch.__version__)" > "$keep_torch"
+  # The public version (2.14.1, not 2.14.1+cu130): pip keeps the installed build, which
+  # satisfies it, and fails to resolve a pin on the local label against some indexes.
+  "$PYTHON" -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > "$keep_torch"
   pip_install -c "$keep_torch" -r requirements/models.txt
   pip_install --no-deps -r requirements/models-nodeps.txt
 fi

@@ -52,7 +52,12 @@ venv_for() {
     PIP_CONSTRAINT=/dev/null pip_in "$venv" --upgrade torch || return 1
   fi
   # What the tests need beside torch (pytest, fastai with --no-deps, ...), as `make test` installs it.
-  PYTHON="$venv/bin/python" ./scripts/install-deps.sh >&2 || return 1
+  # (For "latest", without the pip constraint that may cap torch here, as its install was.)
+  if [ "$spec" = latest ]; then
+    PIP_CONSTRAINT=/dev/null PYTHON="$venv/bin/python" ./scripts/install-deps.sh >&2 || return 1
+  else
+    PYTHON="$venv/bin/python" ./scripts/install-deps.sh >&2 || return 1
+  fi
   echo "$venv"
 }
 
