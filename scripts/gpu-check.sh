@@ -74,7 +74,7 @@ if [ "$MODE" = cuda ]; then
   WITH_CUDA="$(sed -n 's/^MM_WITH_CUDA:[A-Z]*=//p' "$BUILD_DIR/CMakeCache.txt")"
   ARCHS="$(sed -n 's/^MM_CUDA_ARCHITECTURES:[A-Z]*=//p' "$BUILD_DIR/CMakeCache.txt")"
   [ -z "$ARCHS" ] && ARCHS="$(grep -m1 'CUDA architectures' "$OUT_DIR/build.log" | sed 's/.*architectures //')"
-  SO="$(compgen -G "python/manifold_mixup/_C*.so" | head -1)"
+  SO="$BUILD_DIR/libmanifold_mixup_core.so"  # the kernels live in the one core library
   CUBINS="$(command -v cuobjdump >/dev/null && cuobjdump --list-elf "$SO" 2>/dev/null |
             grep -o 'sm_[0-9a-z]*' | sort -u | tr '\n' ' ')"
   if [ "$WITH_CUDA" != ON ]; then

@@ -56,6 +56,14 @@ def workload():
         x = torch.randn(8, 8, 3, 2, device=dev, dtype=dtype).contiguous(memory_format=torch.channels_last)
         torch.ops.manifold_mixup._mix_backward(x, torch.randperm(8, device=dev), torch.rand(8, device=dev))
     mix(torch.randn(4, 0, device=dev), torch.randperm(4, device=dev), torch.rand(4, device=dev))
+    # The family's kernels: Noisy Feature Mixup's noise in mix, and PatchUp, forward and backward.
+    key, noise = torch.tensor([1234], device=dev), torch.tensor([0.1, 0.2], device=dev)
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(6, 4, 9, 9, device=dev, dtype=dtype, requires_grad=True)
+        perm, lam = torch.randperm(6, device=dev), torch.rand(6, device=dev)
+        torch.ops.manifold_mixup.mix(x, perm, lam, noise, key).sum().backward()
+        out, _ = torch.ops.manifold_mixup.patchup(x, perm, lam, key, 3, 0.5)
+        out.sum().backward()
     model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).to(dev)
     mm = ManifoldMixer(model, alpha=1.0, seed=0, verbose=False)
     for _ in range(2):
