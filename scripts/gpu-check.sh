@@ -178,7 +178,7 @@ if [ "$MODE" = cuda ]; then
 else
   BENCH=(--table-only cpu --sizes 1 --dtypes float32 --min-time 0.01)
 fi
-"$PY" bench/bench_mix.py "${BENCH[@]}" --json "$OUT_DIR/bench.json" > "$OUT_DIR/bench.log" 2>&1 ||
+PYTHONPATH="$ROOT/python${PYTHONPATH:+:$PYTHONPATH}" "$PY" bench/bench_mix.py "${BENCH[@]}" --json "$OUT_DIR/bench.json" > "$OUT_DIR/bench.log" 2>&1 ||
   say "bench failed: $(tail -1 "$OUT_DIR/bench.log")"
 say "bench ($((SECONDS - t0)) s)"
 
