@@ -74,6 +74,7 @@ done
 for root in "${roots[@]}"; do parents[$(dirname "$root")]=1; done
 # Parents first: a child's path then leads through its parent's links to the folder to shadow.
 for dir in $(printf '%s\n' "${!parents[@]}" | awk '{ print length, $0 }' | sort -n | cut -d' ' -f2-); do
+  [ -d "$dir" ] || continue  # inside a toolkit root that its parent's shadow has hidden already
   shadow "$dir"
 done
 
