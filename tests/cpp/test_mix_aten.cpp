@@ -190,6 +190,32 @@ TEST(MixAten, ArgumentsAreCheckedAsByEveryKernel) {
 }
 
 
+// Under torch.compile every point calls the op with lam all ones but at the drawn one: those
+// rows, forward and backward, are the input's own bits (a NaN's payload, -0), not values that
+// went through 1 * v + 0 (which a GPU canonicalises, and which makes -0 +0 everywhere).
+TEST(MixAten, LamOneRowsAreTheInputsOwnBitsForwardAndBackward) {
+  for (auto dtype : {torch::kFloat, torch::kHalf, torch::kBFloat16}) {
+    auto v = torch::randn({4, 5}).to(dtype);
+    v.index_put_({1, 0}, -0.0);
+    v.index_put_({2, 3}, std::numeric_limits<float>::quiet_NaN());
+    const auto bits = [](const torch::Tensor& t) {
+      return t.view(t.element_size() == 4 ? torch::kInt : torch::kShort);
+    };
+    const auto perm = torch::tensor(std::vector<int64_t>{3, 0, 1, 2});
+    const auto ones = torch::ones({4});
+    SCOPED_TRACE(c10::str(dtype));
+    EXPECT_TRUE(torch::equal(bits(mix_aten(v, perm, ones)), bits(v)));
+    EXPECT_TRUE(torch::equal(bits(mix_backward_aten(v, perm, ones)), bits(v)));
+    // A row that receives from a source keeps the sum: only lam 1 rows that receive nothing.
+    auto lam = ones.clone();
+    lam.index_put_({0}, 0.5);  // row 0 sends half of its gradient to row perm[0] = 3
+    const auto back = mix_backward_aten(v, perm, lam);
+    EXPECT_TRUE(torch::equal(bits(back.narrow(0, 1, 2)), bits(v.narrow(0, 1, 2))));
+    EXPECT_TRUE(torch::allclose(back[3].to(torch::kFloat), (v[3] + 0.5 * v[0]).to(dtype).to(torch::kFloat),
+                                tolerance(dtype), tolerance(dtype)));
+  }
+}
+
 // Noisy Feature Mixup and PatchUp on a build without nvcc go through the CPU kernels, which draw
 // from the same Philox key: the results are the CPU kernels' (the fused CUDA kernels' too, as
 // test_family checks on a GPU), and the noise and mask really are applied.
@@ -201,7 +227,15 @@ TEST(MixAten, NoisyMixIsTheCpuKernelsWithTheSameKey) {
   const auto noise = torch::tensor({0.4f, 0.3f});
   const auto key = torch::tensor({int64_t{12345}});
   const auto out = mix_aten(x, perm, lam, noise, key);
-  EXPECT_TRUE(torch::equal(out, manifold_mixup::mix(x, perm, lam, noise, key)));
+  EXPECT_TRUE(torch::allclose(out, manifold_mixup::mix(x, perm, lam, noise, key), 1e-6, 1e-6));
+  // Levels 0: exactly the mix, as the fused kernels promise.
+  EXPECT_TRUE(torch::equal(mix_aten(x, perm, lam, torch::zeros({2}), key), mix_aten(x, perm, lam)));
+  for (auto dtype : {torch::kDouble, torch::kHalf, torch::kBFloat16}) {
+    const auto xd = x.to(dtype);
+    EXPECT_TRUE(torch::allclose(mix_aten(xd, perm, lam, noise, key).to(torch::kFloat),
+                                manifold_mixup::mix(xd, perm, lam, noise, key).to(torch::kFloat),
+                                tolerance(dtype) * 10, tolerance(dtype) * 10)) << dtype;
+  }
   EXPECT_FALSE(torch::allclose(out, mix_aten(x, perm, lam), 1e-3, 1e-3));  // the noise is there
   EXPECT_FALSE(torch::equal(out, mix_aten(x, perm, lam, noise, torch::tensor({int64_t{7}}))));
   EXPECT_THROW(mix_aten(x, perm, lam, noise, std::nullopt), manifold_mixup::ArgumentError);

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch.library import opcheck
 
 from manifold_mixup import ManifoldMixer, mix
+from manifold_mixup._build_info import CUDA_KERNEL
 from small_models import cnn
 
 DEVICE = os.environ.get("MM_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else None)
@@ -99,6 +100,8 @@ def test_backward_groups_large_batches(kind):
         expected = (lam.double()[:, None] * grad.double()).index_add(
             0, perm, (1 - lam.double())[:, None] * grad.double())
         torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+        if CUDA_KERNEL == "aten" and DEVICE == "cuda" and kind != "permutation":
+            continue  # index_add_'s atomics: the same bits only with deterministic algorithms on
         assert torch.equal(out, torch.ops.manifold_mixup._mix_backward(grad, perm, lam))
 
 

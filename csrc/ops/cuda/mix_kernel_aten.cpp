@@ -7,12 +7,17 @@
 #include <ATen/OpMathType.h>
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/_assert_async.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/index_add.h>
 #include <ATen/ops/index_select.h>
+#include <ATen/ops/ones.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
+
+#include <utility>
 
 #include "ops/mix.h"
 
@@ -33,27 +38,49 @@ at::Tensor rows(const at::Tensor& t, const Operands& a) {
   return t.as_strided({a.batch, a.features}, {a.features, 1});
 }
 
+// Noisy Feature Mixup's draws for every element, (1 + mult U) and add N, as the fused kernels
+// draw them from the key (ops/noise.h): the CPU kernel applies exactly that noise to a mix of
+// ones (then of zeros) with perm the identity and lam 1. Drawn on the host and copied over:
+// the price of a build without nvcc. With both levels 0 they are ones and zeros, and the op is
+// exactly the mix.
+std::pair<at::Tensor, at::Tensor> noise_rows(const Operands& a) {
+  // In x's opmath dtype, where the kernels apply the noise.
+  const auto opmath = at::TensorOptions().dtype(at::toOpMathType(a.x.scalar_type()));
+  const auto identity = at::arange(a.batch, at::TensorOptions().dtype(at::kLong));
+  const auto unit = at::ones({a.batch}, opmath);
+  const auto levels = a.noise.to(at::kCPU), key = a.key.to(at::kCPU);
+  const auto zero = at::zeros({1}, levels.options());
+  const auto mult_only = at::cat({zero, levels.narrow(0, 1, 1)});
+  const auto add_only = at::cat({levels.narrow(0, 0, 1), zero});
+  const auto factor = mix(at::ones({a.batch, a.features}, opmath), identity, unit, mult_only, key);
+  const auto additive = mix(at::zeros({a.batch, a.features}, opmath), identity, unit, add_only, key);
+  return {factor.to(a.x.device()), additive.to(a.x.device())};
+}
+
 }  // namespace
 
 at::Tensor mix_aten(const at::Tensor& x_in, const at::Tensor& perm_in, const at::Tensor& lam_in,
                     const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>& key) {
   check_mix_args(x_in, perm_in, lam_in, "x");
-  if (check_noise_args(x_in, noise, key)) {
-    // Noisy Feature Mixup: the CPU kernel draws the same counter-based noise (ops/noise.h), so
-    // the result is the fused kernel's; the copies to and from the host are the price.
-    const auto cpu = [](const at::Tensor& t) { return t.to(at::kCPU); };
-    return mix(cpu(x_in), cpu(perm_in), cpu(lam_in), cpu(*noise), cpu(*key)).to(x_in.device());
-  }
+  const bool noisy = check_noise_args(x_in, noise, key);
   c10::DeviceGuard guard(x_in.device());
-  const Operands a(x_in, perm_in, lam_in);
+  const Operands a(x_in, perm_in, lam_in, noise, key);
   check_indices(a.perm, a.batch);
-  auto out = empty_result(a.x);
+  auto out = empty_result(a.x, noisy);
   if (out.numel() == 0) return out;
-  const auto x = rows(a.x, a).to(at::toOpMathType(a.x.scalar_type()));
+  const auto own = rows(a.x, a);
+  const auto x = own.to(at::toOpMathType(a.x.scalar_type()));
   const auto l = a.lam.view({a.batch, 1});
-  const auto mixed = l * x + (1 - l) * x.index_select(0, a.perm);
   // A row with lam == 1 is x's own row, whatever 0 * x[perm[i]] would give (NaN for an inf).
-  rows(out, a).copy_(at::where(l == 1, x, mixed));
+  auto mixed = at::where(l == 1, x, l * x + (1 - l) * x.index_select(0, a.perm));
+  if (noisy) {
+    const auto [factor, additive] = noise_rows(a);
+    rows(out, a).copy_(mixed * factor + additive);
+  } else {
+    // Without noise that row is x's own bits, NaN payloads included, which the round trip
+    // through the opmath dtype would not keep (a GPU canonicalises a NaN it computes with).
+    rows(out, a).copy_(at::where(l == 1, own, mixed.to(own.scalar_type())));
+  }
   return out;
 }
 
@@ -65,12 +92,20 @@ at::Tensor mix_backward_aten(const at::Tensor& grad_in, const at::Tensor& perm_i
   check_indices(a.perm, a.batch);
   auto out = empty_result(a.x);
   if (out.numel() == 0) return out;
-  const auto g = rows(a.x, a).to(at::toOpMathType(a.x.scalar_type()));
+  const auto own = rows(a.x, a);
+  const auto g = own.to(at::toOpMathType(a.x.scalar_type()));
   const auto l = a.lam.view({a.batch, 1});
   const auto w = 1 - l;
   // A source whose (1 - lam) is exactly 0 adds nothing, not 0 * g (NaN for an inf).
-  const auto sent = at::where(w == 0, at::zeros({}, g.options()), w * g);
-  rows(out, a).copy_((l * g).index_add_(0, a.perm, sent));
+  const auto sends = w != 0;
+  const auto sent = at::where(sends, w * g, at::zeros({}, g.options()));
+  const auto summed = (l * g).index_add_(0, a.perm, sent);
+  // A row that keeps its whole gradient (lam 1) and receives from no source is that gradient,
+  // bit for bit, as in the fused kernel: not 1 * g + 0, which a GPU computes with (a NaN's
+  // payload canonicalised, -0 made +0).
+  const auto receives = at::zeros({a.batch}, g.options()).index_add_(0, a.perm, sends.view({a.batch}).to(g.scalar_type())) > 0;
+  const auto untouched = ((l.view({a.batch}) == 1) & receives.logical_not()).view({a.batch, 1});
+  rows(out, a).copy_(at::where(untouched, own, summed.to(own.scalar_type())));
   return out;
 }
 

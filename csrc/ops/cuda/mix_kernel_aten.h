@@ -16,9 +16,10 @@
 //     Checking on the host would cost a device sync per batch. With
 //     torch.use_deterministic_algorithms(True), index_add_ runs torch's deterministic
 //     index_put_, which checks the range on the host and raises an IndexError instead.
-//   - with Noisy Feature Mixup's noise and key, the mix runs on the host through the CPU kernel,
-//     which draws the same counter-based noise (ops/noise.h): the fused kernel's result, at the
-//     cost of two copies of x across the bus;
+//   - with Noisy Feature Mixup's noise and key, the noise of every element is drawn on the host
+//     by the CPU kernel, which draws the fused kernels' counter-based numbers (ops/noise.h), and
+//     copied over (two tensors of x's size in its opmath dtype: the price of no nvcc); with both levels
+//     0 the result is exactly the mix;
 //   - the backward is deterministic only under torch.use_deterministic_algorithms(True)
 //     (index_add_'s atomics otherwise), where the fused backward always is.
 //
