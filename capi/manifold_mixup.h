@@ -64,7 +64,7 @@ extern "C" {
 /* ---- versions ------------------------------------------------------------------------ */
 
 #define MM_VERSION_MAJOR 0
-#define MM_VERSION_MINOR 1
+#define MM_VERSION_MINOR 2
 #define MM_VERSION_PATCH 0
 #define MM_VERSION_NUMBER (MM_VERSION_MAJOR * 10000 + MM_VERSION_MINOR * 100 + MM_VERSION_PATCH)
 

@@ -6,7 +6,7 @@ CMakeLists.txt and setup.py read `__version__` from this file's text, so it stay
 CMake configures. The compiled-against torch comes from `_build_info.py`, which CMake writes
 next to the `_C` module it builds.
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def _series(version):
