@@ -52,8 +52,8 @@ MM_CORE_API void check_patchup_args(const at::Tensor& x, const at::Tensor& perm,
                         const at::Tensor& key, int64_t block_size, double gamma);
 MM_CORE_API PatchUpGeometry patchup_geometry(const at::Tensor& x, int64_t block_size, double gamma);
 
-// patchup for a CUDA torch without nvcc (cuda/patchup_kernel_aten.cpp): the CPU kernel, the
-// batch copied to the host and back. Any device, so that its tests run on the CPU.
+// patchup for a CUDA torch without nvcc (cuda/patchup_kernel_aten.cpp): the mask drawn by the
+// CPU kernel, the blend in ATen ops on x's device. Any device, so that its tests run on the CPU.
 MM_CORE_API std::tuple<at::Tensor, at::Tensor> patchup_aten(const at::Tensor& x, const at::Tensor& perm,
                                                             const at::Tensor& lam, const at::Tensor& key,
                                                             int64_t block_size, double gamma);

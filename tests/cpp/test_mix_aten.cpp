@@ -245,13 +245,20 @@ TEST(MixAten, PatchUpIsTheCpuKernelsWithTheSameKey) {
   torch::manual_seed(2);
   const auto x = torch::randn({4, 2, 9, 9});
   const auto perm = torch::randperm(4);
-  const auto lam = torch::rand({4});
+  auto lam = torch::rand({4});
   const auto key = torch::tensor({int64_t{99}});
-  const auto [out, mask] = manifold_mixup::detail::patchup_aten(x, perm, lam, key, 3, 0.5);
-  const auto [want, want_mask] = manifold_mixup::patchup(x, perm, lam, key, 3, 0.5);
-  EXPECT_TRUE(torch::equal(out, want));
-  EXPECT_TRUE(torch::equal(mask, want_mask));
-  EXPECT_GT(mask.sum().item<double>(), 0);  // some blocks
+  lam.index_put_({0}, 1.0);  // a row copied
+  lam.index_put_({1}, 0.0);  // a row swapped in its blocks (hard PatchUp)
+  for (auto dtype : kDtypes) {
+    SCOPED_TRACE(c10::str(dtype));
+    const auto xd = x.to(dtype);
+    const auto [out, mask] = manifold_mixup::detail::patchup_aten(xd, perm, lam, key, 3, 0.5);
+    const auto [want, want_mask] = manifold_mixup::patchup(xd, perm, lam, key, 3, 0.5);
+    EXPECT_TRUE(torch::equal(out, want));
+    EXPECT_TRUE(torch::equal(mask, want_mask));
+    EXPECT_GT(mask.sum().item<double>(), 0);  // some blocks
+    EXPECT_TRUE(torch::equal(out[0], xd[0]));
+  }
   EXPECT_THROW(manifold_mixup::detail::patchup_aten(x, perm, lam, key, 4, 0.5),
                manifold_mixup::ArgumentError);  // an even block
 }

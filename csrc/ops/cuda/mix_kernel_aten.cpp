@@ -71,15 +71,15 @@ at::Tensor mix_aten(const at::Tensor& x_in, const at::Tensor& perm_in, const at:
   const auto own = rows(a.x, a);
   const auto x = own.to(at::toOpMathType(a.x.scalar_type()));
   const auto l = a.lam.view({a.batch, 1});
+  const auto blended = l * x + (1 - l) * x.index_select(0, a.perm);
   // A row with lam == 1 is x's own row, whatever 0 * x[perm[i]] would give (NaN for an inf).
-  auto mixed = at::where(l == 1, x, l * x + (1 - l) * x.index_select(0, a.perm));
-  if (noisy) {
+  if (noisy) {  // then noised, as every row
     const auto [factor, additive] = noise_rows(a);
-    rows(out, a).copy_(mixed * factor + additive);
+    rows(out, a).copy_(at::where(l == 1, x, blended) * factor + additive);
   } else {
-    // Without noise that row is x's own bits, NaN payloads included, which the round trip
-    // through the opmath dtype would not keep (a GPU canonicalises a NaN it computes with).
-    rows(out, a).copy_(at::where(l == 1, own, mixed.to(own.scalar_type())));
+    // Without noise it is x's own bits, NaN payloads included, which the round trip through the
+    // opmath dtype would not keep (a GPU canonicalises a NaN it computes with).
+    rows(out, a).copy_(at::where(l == 1, own, blended.to(own.scalar_type())));
   }
   return out;
 }
