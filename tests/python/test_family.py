@@ -553,7 +553,7 @@ def test_noise_and_patchup_do_not_go_together_and_levels_are_checked():
         _C.Mixer(mult_noise=0.2, patchup="hard")
 
 
-# -- on CUDA (where torch sees a GPU; none was lent to this project, so these have not run) ------
+# -- on CUDA (where torch sees a GPU; scripts/gpu-check.sh runs them) ------------------------------
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 
