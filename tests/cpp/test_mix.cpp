@@ -13,29 +13,16 @@
 #include <vector>
 
 #include "errors.h"
+#include "mix_reference.h"
 #include "ops/mix.h"
 
 namespace {
 
 using manifold_mixup::mix;
 
-// The definition, written with ordinary ATen ops in float64.
-torch::Tensor reference(const torch::Tensor& x, const torch::Tensor& perm, const torch::Tensor& lam) {
-  std::vector<int64_t> shape(x.dim(), 1);
-  shape[0] = x.size(0);
-  const auto l = lam.to(torch::kDouble).view(shape);
-  const auto xd = x.to(torch::kDouble);
-  return l * xd + (1 - l) * xd.index_select(0, perm);
-}
+using mix_reference::reference;
+using mix_reference::tolerance;
 
-double tolerance(torch::ScalarType t) {
-  switch (t) {
-    case torch::kHalf: return 1e-3;
-    case torch::kBFloat16: return 1e-2;
-    case torch::kFloat: return 1e-6;
-    default: return 1e-12;
-  }
-}
 
 std::vector<torch::Device> devices() {
   std::vector<torch::Device> d{torch::kCPU};

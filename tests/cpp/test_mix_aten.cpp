@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "errors.h"
+#include "mix_reference.h"
 #include "ops/cuda/mix_kernel_aten.h"
 #include "ops/mix.h"
 #include "ops/patchup.h"
@@ -21,25 +22,14 @@ namespace {
 using manifold_mixup::detail::mix_aten;
 using manifold_mixup::detail::mix_backward_aten;
 
-// The definitions, in float64 with ordinary ATen ops.
-torch::Tensor reference(const torch::Tensor& x, const torch::Tensor& perm, const torch::Tensor& lam) {
-  const auto l = lam.to(torch::kDouble).view({x.size(0), 1});
-  const auto xd = x.to(torch::kDouble).reshape({x.size(0), -1});
-  return (l * xd + (1 - l) * xd.index_select(0, perm)).view(x.sizes());
-}
+using mix_reference::reference;
+using mix_reference::tolerance;
+
+// The backward's definition, in float64 with ordinary ATen ops.
 torch::Tensor reference_backward(const torch::Tensor& g, const torch::Tensor& perm, const torch::Tensor& lam) {
   const auto l = lam.to(torch::kDouble).view({g.size(0), 1});
   const auto gd = g.to(torch::kDouble).reshape({g.size(0), -1});
   return (l * gd).index_add(0, perm, (1 - l) * gd).view(g.sizes());
-}
-
-double tolerance(torch::ScalarType t) {
-  switch (t) {
-    case torch::kHalf: return 1e-3;
-    case torch::kBFloat16: return 1e-2;
-    case torch::kFloat: return 1e-6;
-    default: return 1e-12;
-  }
 }
 
 const std::vector<torch::ScalarType> kDtypes{torch::kFloat, torch::kDouble, torch::kHalf,
@@ -188,7 +178,6 @@ TEST(MixAten, ArgumentsAreCheckedAsByEveryKernel) {
   EXPECT_THROW(mix_backward_aten(torch::ones({4, 3}, torch::kLong), torch::randperm(4), torch::rand({4})),
                manifold_mixup::ArgumentError);
 }
-
 
 // Under torch.compile every point calls the op with lam all ones but at the drawn one: those
 // rows, forward and backward, are the input's own bits (a NaN's payload, -0), not values that
