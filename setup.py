@@ -183,7 +183,7 @@ class CMakeBuild(build_ext):
         out_dir = Path(cmake_cache(build_dir)["MM_PYTHON_OUTPUT_DIR"])
         info = {}
         exec((out_dir / "_build_info.py").read_text(), info)
-        if info["TORCH_VERSION"] != torch.__version__:  # the key above makes this impossible
+        if info["TORCH_VERSION"] != torch.__version__:  # another build folder writing into the same tree
             fail(f"{build_dir} built against torch {info['TORCH_VERSION']}, but this Python has torch "
                  f"{torch.__version__}: remove {build_dir} and build again")
         print(f"manifold-mixup: built against torch {info['TORCH_VERSION']}, CUDA kernel: "
